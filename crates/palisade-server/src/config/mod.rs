@@ -1,0 +1,167 @@
+//! The server's one typed configuration tree, one file per concern.
+//!
+//! Sources stack in this order, later ones winning: built-in defaults (which depend on the
+//! profile, `env`), the TOML file, `.env`, then `PALISADE_<SECTION>__<KEY>` environment
+//! variables. [`load`] reads them all, remembers where each value came from, deserialises the
+//! tree (unknown keys are errors) and validates it once. Every key is documented in
+//! `docs/configuration.md`.
+
+mod duration;
+mod health;
+mod load;
+mod log;
+mod security;
+mod server;
+
+use palisade::{
+    client_ip::ClientIpConfig, cors::CorsConfig, security_headers::SecurityHeadersConfig,
+};
+use serde::{Deserialize, Serialize};
+
+pub use duration::ConfigDuration;
+pub use health::HealthSettings;
+pub use load::{
+    CONFIG_VAR, ConfigError, DEFAULT_FILE, ENV_PREFIX, LoadOptions, Loaded, Source, load,
+};
+pub use log::{LogFormat, LogSettings};
+pub use security::{RequestIdSettings, TrustedHostsSettings};
+pub use server::ServerSettings;
+
+/// The deployment profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Local work: console logs, any `Host` allowed.
+    #[default]
+    Development,
+    /// Production: JSON logs, HSTS on, a host allowlist and strong secrets required.
+    Production,
+}
+
+/// The whole configuration. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `development` or `production`. Env `PALISADE_ENV`. Default `development`.
+    pub env: Environment,
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// `[log]`.
+    pub log: LogSettings,
+    /// `[request_id]`.
+    pub request_id: RequestIdSettings,
+    /// `[client_ip]`.
+    pub client_ip: ClientIpConfig,
+    /// `[security_headers]`.
+    pub security_headers: SecurityHeadersConfig,
+    /// `[cors]`.
+    pub cors: CorsConfig,
+    /// `[trusted_hosts]`.
+    pub trusted_hosts: TrustedHostsSettings,
+    /// `[health]`.
+    pub health: HealthSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::defaults_for(Environment::Development)
+    }
+}
+
+impl Settings {
+    /// The built-in defaults of a profile.
+    pub fn defaults_for(env: Environment) -> Self {
+        let production = env == Environment::Production;
+        Self {
+            env,
+            server: ServerSettings::default(),
+            log: LogSettings::default(),
+            request_id: RequestIdSettings::default(),
+            client_ip: ClientIpConfig::default(),
+            security_headers: SecurityHeadersConfig {
+                hsts: production,
+                ..SecurityHeadersConfig::default()
+            },
+            cors: CorsConfig::default(),
+            trusted_hosts: TrustedHostsSettings::default(),
+            health: HealthSettings::default(),
+        }
+    }
+
+    /// Whether this is the production profile.
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+
+    /// The log format after resolving `auto`.
+    pub fn log_format(&self) -> LogFormat {
+        match self.log.format {
+            LogFormat::Auto if self.is_production() => LogFormat::Json,
+            LogFormat::Auto => LogFormat::Console,
+            f => f,
+        }
+    }
+
+    /// Semantic checks that types alone cannot express. Errors name the key.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+        if self.server.host.parse::<std::net::IpAddr>().is_err() && self.server.host != "localhost"
+        {
+            return err(
+                "server.host",
+                format!(
+                    "{:?} is not an IP address; expected e.g. \"127.0.0.1\" or \"0.0.0.0\"",
+                    self.server.host
+                ),
+            );
+        }
+        if self.server.drain_timeout.get().is_zero() {
+            return err("server.drain_timeout", "must be greater than 0s".into());
+        }
+        if self.server.header_read_timeout.get().is_zero() {
+            return err(
+                "server.header_read_timeout",
+                "must be greater than 0s".into(),
+            );
+        }
+        if self.health.check_timeout.get().is_zero() {
+            return err("health.check_timeout", "must be greater than 0s".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return err(
+                "log.level",
+                format!(
+                    "{:?} is not a tracing filter ({e}); expected e.g. \"info\" or \"palisade=debug,info\"",
+                    self.log.level
+                ),
+            );
+        }
+        if self.log.output.trim().is_empty() {
+            return err(
+                "log.output",
+                "expected \"stdout\", \"stderr\" or a file path".into(),
+            );
+        }
+        if let Err(e) =
+            palisade::security_headers::SecurityHeadersLayer::new(&self.security_headers)
+        {
+            return err(&format!("security_headers.{}", e.key), e.message);
+        }
+        if let Err(e) = self.cors.into_layer() {
+            return err(&format!("cors.{}", e.key), e.message);
+        }
+        if let Err(e) = palisade::trusted_host::TrustedHostLayer::new(
+            &self.trusted_hosts.allowed_hosts,
+            palisade::exempt::ExemptPaths::health(),
+        ) {
+            return err(&format!("trusted_hosts.{}", e.key), e.message);
+        }
+        if self.is_production() && self.trusted_hosts.allowed_hosts.is_empty() {
+            return err(
+                "trusted_hosts.allowed_hosts",
+                "production needs the list of hosts this server answers for (or [\"*\"] to allow any)".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! # palisade-server
+//!
+//! The ready-to-run API server built on the [`palisade`] layers: layered configuration,
+//! logging with the request id on every line, problem+json errors, health endpoints, the
+//! ordered middleware stack and graceful shutdown.
+//!
+//! ```no_run
+//! use palisade_server::{config, startup::Application};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = config::load(&config::LoadOptions::from_process(None))?;
+//! let app = Application::build_with_routes(
+//!     &loaded.settings,
+//!     axum::Router::new().route("/hello", axum::routing::get(|| async { "hi" })),
+//! )
+//! .await?;
+//! app.run_until_stopped().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod middleware;
+pub mod routes;
+mod serve;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,135 @@
+//! Building and running the application: bind, assemble, serve, shut down.
+
+use std::{future::Future, pin::Pin};
+
+use axum::Router;
+use palisade::{exempt::ExemptPaths, health::Health};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::Settings,
+    middleware::apply_middleware,
+    routes,
+    serve::{ServeOptions, serve},
+};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Invalid configuration (one line naming the key).
+    #[error("{0}")]
+    Config(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Runner = Box<dyn FnOnce(ShutdownSignal) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A bound, assembled server, ready to run.
+pub struct Application {
+    port: u16,
+    health: Health,
+    run: Runner,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds and assembles the server with Palisade's own routes only.
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        Self::build_with_routes(settings, Router::new()).await
+    }
+
+    /// Binds and assembles the server around the application's `routes` (health routes, the
+    /// 404 fallback and the whole middleware stack are added). Port 0 picks a free port.
+    pub async fn build_with_routes(
+        settings: &Settings,
+        routes: Router,
+    ) -> Result<Self, StartupError> {
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?
+            .port();
+
+        let health = Health::builder().build();
+        let exempt = ExemptPaths::health();
+        let router = routes::router(routes, health.clone());
+        let service = apply_middleware(router, settings, &exempt)?;
+        let opts = ServeOptions {
+            header_read_timeout: settings.server.header_read_timeout.get(),
+            shutdown_delay: settings.server.shutdown_delay.get(),
+            drain_timeout: settings.server.drain_timeout.get(),
+        };
+        let serve_health = health.clone();
+        let run: Runner = Box::new(move |shutdown| {
+            Box::pin(serve(listener, service, serve_health, opts, shutdown))
+        });
+        Ok(Self { port, health, run })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The health registry (readiness state).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Serves until SIGTERM or SIGINT (Ctrl-C), then drains.
+    pub async fn run_until_stopped(self) {
+        self.run_until(shutdown_signal()).await;
+    }
+
+    /// Serves until `shutdown` resolves, then drains. Startup work is done: readiness passes.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        self.health.set_ready();
+        tracing::info!(port = self.port, "listening");
+        (self.run)(Box::pin(shutdown)).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

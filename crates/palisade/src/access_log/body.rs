@@ -1,0 +1,163 @@
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Buf;
+use http::{Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::context::RequestContext;
+
+pin_project! {
+    /// A request body that counts the bytes the server reads into the request context.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        ctx: Option<RequestContext>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(super) fn new(inner: B, ctx: Option<RequestContext>) -> Self {
+        Self { inner, ctx }
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(ctx)) = (&frame, this.ctx.as_ref()) {
+            if let Some(data) = f.data_ref() {
+                ctx.add_request_body_bytes(data.remaining() as u64);
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the access-log line needs, written when dropped.
+pub(super) struct Entry {
+    ctx: RequestContext,
+    method: Method,
+    uri: Uri,
+    status: StatusCode,
+    response_bytes: u64,
+    completed: bool,
+}
+
+impl Entry {
+    pub(super) fn new(ctx: RequestContext, method: Method, uri: Uri, status: StatusCode) -> Self {
+        Self {
+            ctx,
+            method,
+            uri,
+            status,
+            response_bytes: 0,
+            completed: false,
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let ctx = &self.ctx;
+        let duration_ms = ctx.started().elapsed().as_secs_f64() * 1000.0;
+        let client_ip = ctx.client_ip();
+        tracing::info!(
+            target: super::TARGET,
+            request_id = ctx.request_id().as_str(),
+            method = self.method.as_str(),
+            route = ctx.route().unwrap_or("-"),
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            duration_ms,
+            request_bytes = ctx.request_body_bytes(),
+            response_bytes = self.response_bytes,
+            client_ip = client_ip.map(tracing::field::display),
+            completed = self.completed,
+            "request"
+        );
+    }
+}
+
+pin_project! {
+    /// A response body that counts bytes sent and writes the access-log line when it ends or
+    /// is dropped.
+    pub struct AccessLogBody<B> {
+        #[pin]
+        inner: B,
+        entry: Option<Entry>,
+    }
+}
+
+impl<B: Body> AccessLogBody<B> {
+    pub(super) fn new(inner: B, mut entry: Option<Entry>) -> Self {
+        if inner.is_end_stream() {
+            if let Some(e) = entry.as_mut() {
+                e.completed = true;
+            }
+        }
+        Self { inner, entry }
+    }
+}
+
+impl<B: Body> Body for AccessLogBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = this.inner.as_mut().poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(data), Some(e)) = (f.data_ref(), this.entry.as_mut()) {
+                    e.response_bytes += data.remaining() as u64;
+                }
+                // hyper stops polling once the body reports its end; log now.
+                if this.inner.is_end_stream() {
+                    if let Some(mut e) = this.entry.take() {
+                        e.completed = true;
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut e) = this.entry.take() {
+                    e.completed = true;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.entry.take();
+            }
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,141 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::{Method, Request, Response, Uri};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::body::{AccessLogBody, Entry, RequestBody};
+use crate::context::RequestContext;
+
+/// Writes one access-log line per request. See the [module docs](super).
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct AccessLogLayer {
+    enabled: bool,
+}
+
+impl Default for AccessLogLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AccessLogLayer {
+    /// An enabled access log.
+    pub fn new() -> Self {
+        Self { enabled: true }
+    }
+
+    /// Switches logging on or off without changing the service's type.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// The service made by [`AccessLogLayer`].
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    enabled: bool,
+}
+
+impl<S> AccessLog<S> {
+    crate::macros::define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
+{
+    type Response = Response<AccessLogBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let ctx = if self.enabled {
+            req.extensions().get::<RequestContext>().cloned()
+        } else {
+            None
+        };
+        let pending = ctx.as_ref().map(|ctx| Pending {
+            ctx: ctx.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        });
+        let req = req.map(|b| RequestBody::new(b, ctx));
+        ResponseFuture {
+            inner: self.inner.call(req),
+            pending,
+        }
+    }
+}
+
+struct Pending {
+    ctx: RequestContext,
+    method: Method,
+    uri: Uri,
+}
+
+pin_project! {
+    /// Response future of [`AccessLog`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
+{
+    type Output = Result<Response<AccessLogBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let pending = this.pending.take();
+        Poll::Ready(match result {
+            Ok(res) => {
+                let status = res.status();
+                let entry = pending.map(|p| Entry::new(p.ctx, p.method, p.uri, status));
+                Ok(res.map(|b| AccessLogBody::new(b, entry)))
+            }
+            Err(e) => {
+                // The inner service failed without a response: hyper closes the connection.
+                if let Some(p) = pending {
+                    drop(Entry::new(
+                        p.ctx,
+                        p.method,
+                        p.uri,
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                    ));
+                }
+                Err(e)
+            }
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! # Palisade
+//!
+//! Production tower layers for HTTP APIs: the cross-cutting layer every service rewrites,
+//! done once, fast, and tested against real servers. Each concern is one module with a
+//! `Layer`, a `Service` and a plain config struct; rejections are RFC 9457 problems
+//! ([`problem`]) carrying the request id.
+//!
+//! ```
+//! use palisade::{
+//!     access_log::AccessLogLayer,
+//!     catch_panic::CatchPanicLayer,
+//!     context::{RequestContextConfig, RequestContextLayer},
+//!     exempt::ExemptPaths,
+//!     problem_fallback::ProblemFallbackLayer,
+//!     security_headers::{SecurityHeadersConfig, SecurityHeadersLayer},
+//!     trusted_host::TrustedHostLayer,
+//! };
+//! use tower::ServiceBuilder;
+//!
+//! # fn build() -> Result<(), palisade::error::ConfigError> {
+//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+//! let app = app.layer(
+//!     ServiceBuilder::new()
+//!         .layer(RequestContextLayer::new(&RequestContextConfig::default()))
+//!         .layer(AccessLogLayer::new())
+//!         .layer(ProblemFallbackLayer::new())
+//!         .layer(SecurityHeadersLayer::new(&SecurityHeadersConfig::default())?)
+//!         .layer(TrustedHostLayer::new(["api.example.com"], ExemptPaths::health())?)
+//!         .layer(CatchPanicLayer::new()),
+//! );
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! ## Modules and features
+//!
+//! | module | what | feature |
+//! |---|---|---|
+//! | [`context`] | request id, correlation id, client IP, subject; task-local | — |
+//! | [`request_id`] | id validation and UUIDv7 generation | — |
+//! | [`client_ip`] | client IP behind trusted proxies | — |
+//! | [`problem`] | RFC 9457 problem+json | — |
+//! | [`problem_fallback`] | bare error responses become problems | — |
+//! | [`access_log`] | one log line per request | — |
+//! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
+//! | [`trusted_host`] | `Host` allowlist | — |
+//! | [`catch_panic`] | panics become 500 problems | — |
+//! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
+//! | [`exempt`] | the shared list of infrastructure paths | — |
+//! | [`cors`] | validated CORS on tower-http | `cors` (default) |
+//! | [`logging`] | log formatter with the request context | `json-log` (default) |
+
+pub mod access_log;
+pub mod catch_panic;
+pub mod client_ip;
+pub mod context;
+#[cfg(feature = "cors")]
+pub mod cors;
+pub mod error;
+pub mod exempt;
+pub mod future;
+pub mod health;
+#[cfg(feature = "json-log")]
+pub mod logging;
+mod macros;
+pub mod problem;
+pub mod problem_fallback;
+pub mod request_id;
+pub mod security_headers;
+pub mod trusted_host;
