@@ -18,17 +18,17 @@
 //! use tower::ServiceBuilder;
 //!
 //! # fn build() -> Result<(), palisade::error::ConfigError> {
-//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
-//! let app = app.layer(
-//!     ServiceBuilder::new()
-//!         .layer(RequestContextLayer::new(&RequestContextConfig::default()))
-//!         .layer(AccessLogLayer::new())
-//!         .layer(ProblemFallbackLayer::new())
-//!         .layer(SecurityHeadersLayer::new(&SecurityHeadersConfig::default())?)
-//!         .layer(TrustedHostLayer::new(["api.example.com"], ExemptPaths::health())?)
-//!         .layer(CatchPanicLayer::new()),
-//! );
-//! # let _ = app; Ok(()) }
+//! let app: axum::Router = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+//! // One ServiceBuilder around the whole router, outermost layer first.
+//! let service = ServiceBuilder::new()
+//!     .layer(RequestContextLayer::new(&RequestContextConfig::default()))
+//!     .layer(AccessLogLayer::new())
+//!     .layer(ProblemFallbackLayer::new())
+//!     .layer(SecurityHeadersLayer::new(&SecurityHeadersConfig::default())?)
+//!     .layer(TrustedHostLayer::new(["api.example.com"], ExemptPaths::health())?)
+//!     .layer(CatchPanicLayer::new())
+//!     .service(app);
+//! # let _ = service; Ok(()) }
 //! ```
 //!
 //! ## Modules and features

@@ -170,7 +170,7 @@ impl Visit for JsonVisitor<'_, '_> {
         if self.result.is_ok() {
             self.result = self.key(field).and_then(|()| {
                 if value.is_finite() {
-                    write!(self.w, "{:.3}", value)
+                    write!(self.w, "{value:.3}")
                 } else {
                     self.w.write_str("null")
                 }

@@ -116,6 +116,8 @@ impl Loaded {
 }
 
 fn source_of(sources: &BTreeMap<String, Source>, key: &str, env: Environment) -> Source {
+    // `a.b[0]` comes from wherever `a.b` came from.
+    let key = key.split('[').next().unwrap_or(key);
     if let Some(s) = sources.get(key) {
         return s.clone();
     }
@@ -187,7 +189,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     };
     let file_table = match std::fs::read_to_string(&file_path) {
         Ok(text) => Some(text.parse::<Table>().map_err(|e| {
-            let msg = e.message().trim().to_owned();
+            let msg = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
             let at = e
                 .span()
                 .map(|s| {
@@ -276,14 +284,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             let inner = e.inner().to_string();
             let inner = inner.lines().next().unwrap_or_default().trim().to_owned();
             if let Some(field) = unknown_field(&inner) {
-                key = if key == "." || key.is_empty() { field } else { format!("{key}.{field}") };
+                // serde_path_to_error already ends the path with the unknown field.
+                if key == "." || key.is_empty() {
+                    key = field;
+                } else if key.rsplit('.').next() != Some(field.as_str()) {
+                    key = format!("{key}.{field}");
+                }
                 let source = source_of(&sources, &key, env);
                 return ConfigError(format!(
                     "unknown config key `{key}` (from {source}); see docs/configuration.md for the keys"
                 ));
             }
             let source = source_of(&sources, &key, env);
-            let value = lookup_path(&tree, &key).map(|v| format!(" = {v}")).unwrap_or_default();
+            let value = lookup_path(&tree, key.split('[').next().unwrap_or(&key)).map(|v| format!(" = {v}")).unwrap_or_default();
             let value = if is_secret_key(&key) { String::new() } else { value };
             ConfigError(format!("invalid config key `{key}`{value} (from {source}): {inner}"))
         })?;

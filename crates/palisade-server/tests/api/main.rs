@@ -1,1 +1,9 @@
-//! x
+//! Integration tests: the real server (real config loader, port 0) over real HTTP.
+
+mod config;
+mod context;
+mod errors;
+mod health;
+mod helpers;
+mod security;
+mod shutdown;
