@@ -62,7 +62,7 @@ impl IntoResponse for ApiError {
 /// struct NewItem { name: String }
 ///
 /// async fn create(AppJson(item): AppJson<NewItem>) -> String { item.name }
-/// # let _ = axum::routing::post(create);
+/// let _route: axum::routing::MethodRouter = axum::routing::post(create);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);

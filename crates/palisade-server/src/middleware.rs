@@ -72,15 +72,16 @@ pub fn apply_middleware(
         //    and the full response body size.
         .layer(AccessLogLayer::new().enabled(settings.log.access_log))
         // 3. Problem fallback: any bare error from below (axum's 405, a tower-http rejection)
-        //    becomes problem+json before headers are added.
+        //    becomes problem+json; other headers (Allow, Retry-After) are kept.
         .layer(ProblemFallbackLayer::new())
         // 4. Security headers: on every response, rejections included.
         .layer(security_headers)
-        // 5. CORS: outside the rejecting layers so browsers can read their problems; answers
-        //    preflights without reaching them.
-        .layer(option_layer(cors))
-        // 6. Trusted hosts: the cheapest rejection, before any real work.
+        // 5. Trusted hosts: the cheapest rejection, before any real work, and before CORS so
+        //    a preflight (`OPTIONS`, answered by the CORS layer itself) cannot skip it.
         .layer(trusted_host)
+        // 6. CORS: outside the rejecting layers below so browsers can read their problems;
+        //    answers preflights without reaching them.
+        .layer(option_layer(cors))
         // Later layers (load shedding, rate limit, body limit, timeout, idempotency, auth)
         // go here, in that order.
         //

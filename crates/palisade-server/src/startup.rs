@@ -1,9 +1,12 @@
 //! Building and running the application: bind, assemble, serve, shut down.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use axum::Router;
-use palisade::{exempt::ExemptPaths, health::Health};
+use palisade::{
+    exempt::ExemptPaths,
+    health::{Health, HealthCheck},
+};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -59,7 +62,22 @@ impl Application {
         settings: &Settings,
         routes: Router,
     ) -> Result<Self, StartupError> {
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        Self::build_with(settings, routes, Vec::new()).await
+    }
+
+    /// Like [`build_with_routes`](Self::build_with_routes), plus readiness checks; each runs
+    /// under `health.check_timeout` on every `/readyz`.
+    pub async fn build_with(
+        settings: &Settings,
+        routes: Router,
+        checks: Vec<Arc<dyn HealthCheck>>,
+    ) -> Result<Self, StartupError> {
+        let host = &settings.server.host;
+        let addr = if host.contains(':') {
+            format!("[{host}]:{}", settings.server.port)
+        } else {
+            format!("{host}:{}", settings.server.port)
+        };
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -71,7 +89,11 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?
             .port();
 
-        let health = Health::builder().build();
+        let timeout = settings.health.check_timeout.get();
+        let health = checks
+            .into_iter()
+            .fold(Health::builder(), |b, c| b.check_arc(c, timeout))
+            .build();
         let exempt = ExemptPaths::health();
         let router = routes::router(routes, health.clone());
         let service = apply_middleware(router, settings, &exempt)?;

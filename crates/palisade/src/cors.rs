@@ -61,6 +61,7 @@ impl Default for CorsConfig {
                 "content-type",
                 "idempotency-key",
                 "x-request-id",
+                "x-correlation-id",
             ]
             .map(String::from)
             .to_vec(),
@@ -101,11 +102,14 @@ fn valid_origin(origin: &str) -> bool {
 }
 
 impl CorsConfig {
-    /// Validates and builds the layer; `Ok(None)` when no origin is allowed (CORS off).
+    /// Validates and builds the layer; `Ok(None)` when no origin is allowed (CORS off). The
+    /// other keys are validated even then, so a mistake shows before CORS is switched on.
     pub fn into_layer(&self) -> Result<Option<CorsLayer>, ConfigError> {
-        if self.allow_origins.is_empty() {
-            return Ok(None);
-        }
+        let layer = self.build()?;
+        Ok((!self.allow_origins.is_empty()).then_some(layer))
+    }
+
+    fn build(&self) -> Result<CorsLayer, ConfigError> {
         let wildcard_origin = is_wildcard(&self.allow_origins);
         if self.allow_credentials
             && (wildcard_origin
@@ -126,6 +130,8 @@ impl CorsConfig {
                 ));
             }
             AllowOrigin::any()
+        } else if self.allow_origins.is_empty() {
+            AllowOrigin::list([])
         } else {
             let mut values = Vec::with_capacity(self.allow_origins.len());
             for o in &self.allow_origins {
@@ -170,15 +176,13 @@ impl CorsConfig {
         } else {
             ExposeHeaders::list(header_names("expose_headers", &self.expose_headers)?)
         };
-        Ok(Some(
-            CorsLayer::new()
-                .allow_origin(origin)
-                .allow_methods(methods)
-                .allow_headers(headers)
-                .expose_headers(expose)
-                .allow_credentials(self.allow_credentials)
-                .max_age(Duration::from_secs(self.max_age_secs)),
-        ))
+        Ok(CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods(methods)
+            .allow_headers(headers)
+            .expose_headers(expose)
+            .allow_credentials(self.allow_credentials)
+            .max_age(Duration::from_secs(self.max_age_secs)))
     }
 }
 
@@ -196,6 +200,15 @@ mod tests {
     #[test]
     fn no_origins_means_cors_is_off() {
         assert!(CorsConfig::default().into_layer().unwrap().is_none());
+    }
+
+    #[test]
+    fn other_keys_are_validated_even_while_cors_is_off() {
+        let c = CorsConfig {
+            allow_methods: vec!["GE T".into()],
+            ..Default::default()
+        };
+        assert_eq!(c.into_layer().unwrap_err().key, "allow_methods");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! `https`, as resolved into the [request context](crate::context)). Any `Server` header from
 //! an inner service (a proxied upstream, say) is removed so versions never leak.
 //!
-//! Headers the handler already set are kept: a route can loosen its own policy.
+//! Headers the handler already set are kept, so a route can loosen its own policy; the
+//! exceptions are `Strict-Transport-Security`, which this layer owns (set on HTTPS, removed on
+//! plain HTTP), and `Server`/`X-Powered-By`, which are always removed.
 //!
 //! ```
 //! use palisade::security_headers::{SecurityHeadersConfig, SecurityHeadersLayer};
@@ -162,7 +164,8 @@ impl SecurityHeadersLayer {
             }
             HeaderValue::from_str(&v).expect("digits and ASCII")
         });
-        if config.hsts_preload
+        if config.hsts
+            && config.hsts_preload
             && (config.hsts_max_age < 31_536_000 || !config.hsts_include_subdomains)
         {
             return Err(ConfigError::new(

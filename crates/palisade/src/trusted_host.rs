@@ -63,11 +63,15 @@ impl TrustedHostLayer {
         let mut patterns = Vec::new();
         for raw in allowed {
             let p = raw.as_ref().trim().to_ascii_lowercase();
+            // Host names, or bracketed IPv6 literals; never a port (ports are ignored when
+            // matching, so a pattern with one could never match).
             let valid_host = |h: &str| {
+                if let Some(inner) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                    return inner.parse::<std::net::Ipv6Addr>().is_ok();
+                }
                 !h.is_empty()
-                    && h.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
-                    })
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
             };
             let pattern = if p == "*" {
                 Pattern::Any
@@ -220,7 +224,15 @@ mod tests {
 
     #[test]
     fn invalid_patterns_are_config_errors() {
-        for p in ["", "a b", "ex*ample.com", "*.", "http://x"] {
+        for p in [
+            "",
+            "a b",
+            "ex*ample.com",
+            "*.",
+            "http://x",
+            "api.example.com:8443",
+            "[nope]",
+        ] {
             assert!(
                 TrustedHostLayer::new([p], ExemptPaths::default()).is_err(),
                 "{p:?} accepted"

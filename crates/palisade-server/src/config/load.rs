@@ -199,7 +199,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             let at = e
                 .span()
                 .map(|s| {
-                    let line = text[..s.start].lines().count().max(1);
+                    let line = text[..s.start].matches('\n').count() + 1;
                     format!(" at line {line}")
                 })
                 .unwrap_or_default();
@@ -207,14 +207,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         })?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
         Err(e) => {
+            let named_by = if opts.config_path.is_some() {
+                "named by --config"
+            } else if required {
+                "named by PALISADE_CONFIG"
+            } else {
+                "the default config file"
+            };
             return Err(ConfigError(format!(
-                "config file {}: {e} (named by {})",
-                file_path.display(),
-                if opts.config_path.is_some() {
-                    "--config"
-                } else {
-                    CONFIG_VAR
-                }
+                "config file {}: {e} ({named_by})",
+                file_path.display()
             )));
         }
     };

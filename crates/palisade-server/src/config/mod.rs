@@ -34,7 +34,7 @@ pub enum Environment {
     /// Local work: console logs, any `Host` allowed.
     #[default]
     Development,
-    /// Production: JSON logs, HSTS on, a host allowlist and strong secrets required.
+    /// Production: JSON logs, HSTS on, a host allowlist required.
     Production,
 }
 

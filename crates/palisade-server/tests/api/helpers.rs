@@ -185,9 +185,17 @@ pub(crate) async fn spawn_app() -> TestApp {
 
 /// Spawns the real application with extra `PALISADE_*` variables.
 pub(crate) async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_checks(env, Vec::new()).await
+}
+
+/// Spawns the real application with extra variables and readiness checks.
+pub(crate) async fn spawn_app_with_checks(
+    env: &[(&str, &str)],
+    checks: Vec<std::sync::Arc<dyn palisade::health::HealthCheck>>,
+) -> TestApp {
     init_logs();
     let loaded = load(&options(env)).expect("valid test config");
-    let app = Application::build_with_routes(&loaded.settings, test_routes())
+    let app = Application::build_with(&loaded.settings, test_routes(), checks)
         .await
         .expect("app builds");
     let port = app.port();

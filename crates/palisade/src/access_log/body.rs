@@ -83,6 +83,7 @@ impl Drop for Entry {
         tracing::info!(
             target: super::TARGET,
             request_id = ctx.request_id().as_str(),
+            correlation_id = ctx.correlation_id().as_str(),
             method = self.method.as_str(),
             route = ctx.route().unwrap_or("-"),
             path = self.uri.path(),

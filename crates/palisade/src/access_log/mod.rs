@@ -1,7 +1,7 @@
 //! One access-log line per request, written when the response body is finished.
 //!
 //! The line is a `tracing` event with target `palisade::access` at `INFO` and the fields
-//! `request_id`, `method`, `route` (the matched template, or `-`), `path` (no query string:
+//! `request_id`, `correlation_id`, `method`, `route` (the matched template, or `-`), `path` (no query string:
 //! queries often hold tokens), `status`, `duration_ms`, `request_bytes` (body bytes read),
 //! `response_bytes` (body bytes sent), `client_ip` and `completed` (`false` when the client went
 //! away before the body was sent). Headers are never logged, so `Authorization`, `Cookie`,

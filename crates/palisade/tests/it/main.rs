@@ -1,1 +1,4 @@
-//! Integration tests for the palisade layers.
+//! Integration tests for the palisade layers, driven through `tower::ServiceBuilder`.
+
+mod helpers;
+mod stack;
