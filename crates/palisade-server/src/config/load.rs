@@ -136,8 +136,71 @@ fn is_secret_key(key: &str) -> bool {
     ["password", "secret", "token", "api_key", "private_key"]
         .iter()
         .any(|s| last.contains(s))
-        || last == "url" && key.contains("redis")
-        || last == "url" && key.contains("database")
+        || (last.ends_with("url") && (key.contains("redis") || key.contains("database")))
+}
+
+/// Production refuses weak secrets: every secret-named key that is set must be at least 32
+/// characters, not a well-known placeholder, and not one repeated character pattern. Secrets
+/// themselves never appear in the error.
+fn check_secrets(tree: &Value) -> Result<(), (String, String)> {
+    let mut leaves = Vec::new();
+    flatten(tree, String::new(), &mut leaves);
+    for (key, _) in leaves.iter().filter(|(k, _)| is_secret_key(k)) {
+        let Some(Value::String(secret)) = lookup_path(tree.as_table().expect("table"), key) else {
+            continue;
+        };
+        if let Some(why) = weak_secret(secret) {
+            return Err((
+                key.clone(),
+                format!("production refuses this secret: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `secret` is weak, or `None`. Empty means "not configured" and is left to the feature
+/// that needs it. URLs (Redis, database) are judged by their password only.
+fn weak_secret(secret: &str) -> Option<&'static str> {
+    let secret = match secret.split_once("://") {
+        Some((_, rest)) => match rest.split_once('@') {
+            Some((userinfo, _)) => userinfo.split_once(':').map_or("", |(_, pw)| pw),
+            None => return None,
+        },
+        None => secret,
+    };
+    if secret.is_empty() {
+        return None;
+    }
+    const PLACEHOLDERS: [&str; 10] = [
+        "changeme",
+        "change-me",
+        "secret",
+        "password",
+        "default",
+        "development",
+        "test",
+        "example",
+        "palisade",
+        "insecure",
+    ];
+    let lower = secret.to_ascii_lowercase();
+    if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+        return Some("it contains a well-known placeholder word");
+    }
+    if secret.chars().count() < 32 {
+        return Some(
+            "it is shorter than 32 characters; generate one with `openssl rand -base64 32`",
+        );
+    }
+    let distinct = secret
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if distinct < 10 {
+        return Some("it has fewer than 10 distinct characters");
+    }
+    None
 }
 
 fn mask(value: &str) -> String {
@@ -302,10 +365,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             let value = if is_secret_key(&key) { String::new() } else { value };
             ConfigError(format!("invalid config key `{key}`{value} (from {source}): {inner}"))
         })?;
-    settings.validate().map_err(|(key, msg)| {
-        let source = source_of(&sources, &key, env);
-        ConfigError(format!("invalid config key `{key}` (from {source}): {msg}"))
-    })?;
+    settings
+        .validate()
+        .and_then(|()| {
+            if settings.is_production() {
+                check_secrets(&Value::try_from(&settings).expect("settings serialise"))
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|(key, msg)| {
+            let source = source_of(&sources, &key, env);
+            ConfigError(format!("invalid config key `{key}` (from {source}): {msg}"))
+        })?;
     Ok(Loaded {
         settings,
         sources,
@@ -541,6 +613,33 @@ mod tests {
         );
         let e = load(&opts(&[("PALISADE_ENV", "staging")])).unwrap_err().0;
         assert!(e.contains("`env`"), "{e}");
+    }
+
+    #[test]
+    fn production_refuses_weak_secrets_anywhere_in_the_tree() {
+        let tree = |k: &str, v: &str| -> Value {
+            format!("[auth]\n{k} = {v:?}\n")
+                .parse::<Table>()
+                .map(Value::Table)
+                .unwrap()
+        };
+        assert!(
+            check_secrets(&tree("jwt_secret", "")).is_ok(),
+            "unset is not weak"
+        );
+        for weak in [
+            "changeme",
+            "short-but-random-Xq9",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "my-Secret-value-that-is-long-enough-1234",
+        ] {
+            let (key, msg) = check_secrets(&tree("jwt_secret", weak)).unwrap_err();
+            assert_eq!(key, "auth.jwt_secret");
+            assert!(!msg.contains(weak), "the secret leaked into the error");
+        }
+        assert!(check_secrets(&tree("jwt_secret", "q8Zt3xVb1LmN0pR7sW4yK2dF6hJ9cA5e")).is_ok());
+        assert!(check_secrets(&tree("redis_url", "redis://:changeme@cache:6379")).is_err());
+        assert!(check_secrets(&tree("redis_url", "redis://cache:6379")).is_ok());
     }
 
     #[test]
