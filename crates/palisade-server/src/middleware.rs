@@ -14,7 +14,6 @@ use std::{
 
 use axum::{Router, extract::MatchedPath};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use palisade::{
     access_log::{AccessLogBody, AccessLogLayer},
     catch_panic::CatchPanicLayer,
@@ -29,13 +28,13 @@ use tower::{Layer, Service, ServiceBuilder, util::option_layer};
 use crate::{config::Settings, startup::StartupError};
 
 /// Wraps `router` in the full stack, in order. Errors name the config key at fault.
-pub fn apply_middleware(
+pub fn apply_middleware<B>(
     router: Router,
     settings: &Settings,
     exempt: &ExemptPaths,
 ) -> Result<
     impl Service<
-        Request<Incoming>,
+        Request<B>,
         Response = Response<AccessLogBody<axum::body::Body>>,
         Error = Infallible,
         Future = impl Send + 'static,
@@ -44,7 +43,11 @@ pub fn apply_middleware(
     + Sync
     + 'static,
     StartupError,
-> {
+>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let config_err = |section: &str, e: palisade::error::ConfigError| {
         StartupError::Config(format!(
             "invalid config key `{section}.{}`: {}",

@@ -23,6 +23,7 @@ pub(crate) struct ServeOptions {
     pub(crate) header_read_timeout: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) tcp_nodelay: bool,
 }
 
 /// Per-connection adapter: tags requests with the peer, then calls the stack.
@@ -73,7 +74,9 @@ pub(crate) async fn serve<S, B>(
         .header_read_timeout(opts.header_read_timeout);
     let graceful = GracefulShutdown::new();
     let accept = |stream: TcpStream, peer: SocketAddr| {
-        let _ = stream.set_nodelay(true);
+        if opts.tcp_nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         let service = ConnService {
             svc: svc.clone(),
             info: ConnectionInfo { peer, tls: false },

@@ -101,6 +101,7 @@ impl Application {
             header_read_timeout: settings.server.header_read_timeout.get(),
             shutdown_delay: settings.server.shutdown_delay.get(),
             drain_timeout: settings.server.drain_timeout.get(),
+            tcp_nodelay: settings.server.tcp_nodelay,
         };
         let serve_health = health.clone();
         let run: Runner = Box::new(move |shutdown| {

@@ -1,17 +1,22 @@
-//! Logging setup: the [`ContextFormat`] formatter (request id on every line) writing through a
-//! background thread, so the request path never waits on a write syscall.
+//! Logging setup: the [`ContextFormat`] formatter (request id on every line) writing through
+//! [`BatchWriter`]: lines collect in memory and one background thread writes them every 50 ms,
+//! so the request path never waits on a write syscall or wakes a thread per line.
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, time::Duration};
 
-use palisade::logging::ContextFormat;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use palisade::logging::{BatchWriter, BatchWriterGuard, ContextFormat};
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogFormat, Settings};
 
 /// Flushes buffered log lines when dropped; keep it alive for the life of the process.
 #[derive(Debug)]
-pub struct TelemetryGuard(#[allow(dead_code)] WorkerGuard);
+pub struct TelemetryGuard(#[allow(dead_code)] BatchWriterGuard);
+
+/// How long a log line may wait in memory before it is written.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// Bytes of log lines held in memory at most; beyond it requests wait for the writer.
+const MAX_BUFFER: usize = 8 << 20;
 
 /// Installs the global subscriber. Fails if the log file cannot be opened or a subscriber is
 /// already installed.
@@ -30,11 +35,7 @@ pub fn init(settings: &Settings) -> Result<TelemetryGuard, String> {
         }
     };
     // Not lossy: under overload the request path waits briefly rather than dropping lines.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("palisade-log")
-        .finish(writer);
+    let (writer, guard) = BatchWriter::new(writer, FLUSH_INTERVAL, MAX_BUFFER);
     let format = match settings.log_format() {
         LogFormat::Json => ContextFormat::json(),
         _ => ContextFormat::console(ansi),

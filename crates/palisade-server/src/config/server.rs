@@ -23,6 +23,11 @@ pub struct ServerSettings {
     /// is closed (slow-loris protection). Env `PALISADE_SERVER__HEADER_READ_TIMEOUT`.
     /// Default `10s`.
     pub header_read_timeout: ConfigDuration,
+    /// Set `TCP_NODELAY` on accepted connections. Off, like `axum::serve`: hyper writes each
+    /// response in one `writev`, and measured on loopback the flag costs ~1.5 µs of CPU per
+    /// request. Turn it on for streaming many small chunks. Env
+    /// `PALISADE_SERVER__TCP_NODELAY`. Default `false`.
+    pub tcp_nodelay: bool,
 }
 
 impl Default for ServerSettings {
@@ -33,6 +38,7 @@ impl Default for ServerSettings {
             shutdown_delay: ConfigDuration::secs(0),
             drain_timeout: ConfigDuration::secs(30),
             header_read_timeout: ConfigDuration::secs(10),
+            tcp_nodelay: false,
         }
     }
 }

@@ -22,6 +22,10 @@
 //!
 //! Never pass header maps or credentials as fields; the access log records none.
 
+mod batch;
+
+pub use batch::{BatchLine, BatchWriter, BatchWriterGuard};
+
 use std::{
     fmt::{self, Write as _},
     time::{SystemTime, UNIX_EPOCH},
