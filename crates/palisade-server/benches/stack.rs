@@ -16,7 +16,10 @@ use palisade_server::{
 use tower::ServiceExt;
 
 fn router() -> Router {
-    Router::new().route("/bench", get(|| async { Json(serde_json::json!({"message": "hello", "id": 42})) }))
+    Router::new().route(
+        "/bench",
+        get(|| async { Json(serde_json::json!({"message": "hello", "id": 42})) }),
+    )
 }
 
 fn request<B: Default>() -> Request<B> {
@@ -30,7 +33,10 @@ fn request<B: Default>() -> Request<B> {
 
 fn settings(env: &[(&str, &str)]) -> palisade_server::config::Settings {
     let opts = LoadOptions {
-        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         dir: std::env::temp_dir().join("palisade-bench-none"),
         ..LoadOptions::default()
     };
@@ -38,13 +44,24 @@ fn settings(env: &[(&str, &str)]) -> palisade_server::config::Settings {
 }
 
 fn stack(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let bare = router();
     c.bench_function("stack/bare_router", |b| {
-        b.iter(|| rt.block_on(bare.clone().oneshot(request::<axum::body::Body>())).unwrap())
+        b.iter(|| {
+            rt.block_on(bare.clone().oneshot(request::<axum::body::Body>()))
+                .unwrap()
+        })
     });
     for (name, env) in [
-        ("stack/minimal", &[("PALISADE_LOG__ACCESS_LOG", "false"), ("PALISADE_SECURITY_HEADERS__ENABLED", "false")][..]),
+        (
+            "stack/minimal",
+            &[
+                ("PALISADE_LOG__ACCESS_LOG", "false"),
+                ("PALISADE_SECURITY_HEADERS__ENABLED", "false"),
+            ][..],
+        ),
         ("stack/full_without_log_subscriber", &[][..]),
     ] {
         let svc = apply_middleware(router(), &settings(env), &ExemptPaths::health()).unwrap();
@@ -57,5 +74,31 @@ fn stack(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, stack);
+/// The full stack with the server's JSON formatter writing through the batch writer (to a
+/// sink): the access log's real in-process cost.
+fn stack_with_json_log(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (writer, _guard) = palisade::logging::BatchWriter::new(
+        std::io::sink(),
+        std::time::Duration::from_millis(50),
+        8 << 20,
+    );
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(palisade::logging::ContextFormat::json())
+        .with_env_filter("info")
+        .with_writer(writer)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let svc = apply_middleware(router(), &settings(&[]), &ExemptPaths::health()).unwrap();
+    c.bench_function("stack/full_with_json_access_log", |b| {
+        b.iter(|| {
+            rt.block_on(svc.clone().oneshot(request::<axum::body::Body>()))
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, stack, stack_with_json_log);
 criterion_main!(benches);

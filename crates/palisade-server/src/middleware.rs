@@ -73,7 +73,11 @@ where
         .layer(context)
         // 2. Access log: sees the final status of everything below, including rejections,
         //    and the full response body size.
-        .layer(AccessLogLayer::new().enabled(settings.log.access_log))
+        .layer(
+            AccessLogLayer::new()
+                .enabled(settings.log.access_log)
+                .with_sink(crate::telemetry::access_log_sink()),
+        )
         // 3. Problem fallback: any bare error from below (axum's 405, a tower-http rejection)
         //    becomes problem+json; other headers (Allow, Retry-After) are kept.
         .layer(ProblemFallbackLayer::new())

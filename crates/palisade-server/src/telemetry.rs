@@ -2,9 +2,12 @@
 //! [`BatchWriter`]: lines collect in memory and one background thread writes them every 50 ms,
 //! so the request path never waits on a write syscall or wakes a thread per line.
 
-use std::{io::IsTerminal, time::Duration};
+use std::{io::IsTerminal, sync::OnceLock, time::Duration};
 
-use palisade::logging::{BatchWriter, BatchWriterGuard, ContextFormat};
+use palisade::{
+    access_log::AccessLogSink,
+    logging::{BatchWriter, BatchWriterGuard, ContextFormat},
+};
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogFormat, Settings};
@@ -36,6 +39,7 @@ pub fn init(settings: &Settings) -> Result<TelemetryGuard, String> {
     };
     // Not lossy: under overload the request path waits briefly rather than dropping lines.
     let (writer, guard) = BatchWriter::new(writer, FLUSH_INTERVAL, MAX_BUFFER);
+    let json = settings.log_format() == LogFormat::Json;
     let format = match settings.log_format() {
         LogFormat::Json => ContextFormat::json(),
         _ => ContextFormat::console(ansi),
@@ -46,8 +50,21 @@ pub fn init(settings: &Settings) -> Result<TelemetryGuard, String> {
     fmt()
         .event_format(format)
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .try_init()
         .map_err(|e| e.to_string())?;
+    if json {
+        // Access-log lines skip the event machinery and go straight into the same batch.
+        let _ = ACCESS_SINK.set(AccessLogSink::Json(writer));
+    }
     Ok(TelemetryGuard(guard))
+}
+
+/// Set once by [`init`] when logs are JSON; the process-wide subscriber is global too.
+static ACCESS_SINK: OnceLock<AccessLogSink> = OnceLock::new();
+
+/// Where the access log writes: straight into the JSON log batch when [`init`] set one up,
+/// else `tracing` events (which any installed subscriber receives, as in tests).
+pub fn access_log_sink() -> AccessLogSink {
+    ACCESS_SINK.get().cloned().unwrap_or_default()
 }

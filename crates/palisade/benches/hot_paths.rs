@@ -21,16 +21,24 @@ fn request_id(c: &mut Criterion) {
     c.bench_function("request_id/parse_valid_header", |b| {
         b.iter(|| RequestId::from_header(black_box(&valid)))
     });
-    c.bench_function("request_id/generate_uuid_v7", |b| b.iter(RequestId::generate));
+    c.bench_function("request_id/generate_uuid_v7", |b| {
+        b.iter(RequestId::generate)
+    });
 }
 
 fn client_ip(c: &mut Criterion) {
     let proxies = TrustedProxies::new(&ClientIpConfig {
-        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "192.168.0.0/16".parse().unwrap()],
+        trusted_proxies: vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.0.0/16".parse().unwrap(),
+        ],
         header: ForwardedHeader::XForwardedFor,
     });
     let mut headers = HeaderMap::new();
-    headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.1.1.1"));
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.1.1.1"),
+    );
     let untrusted = "198.51.100.1".parse().unwrap();
     let trusted = "10.0.0.2".parse().unwrap();
     c.bench_function("client_ip/untrusted_peer", |b| {
@@ -53,7 +61,9 @@ fn problem(c: &mut Criterion) {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
 }
 
 fn request() -> Request<Body> {
@@ -73,7 +83,7 @@ fn layers(c: &mut Criterion) {
     let rt = rt();
     let bare = tower::service_fn(ok);
     c.bench_function("layer/none_baseline", |b| {
-        b.iter(|| rt.block_on(bare.clone().oneshot(request())).unwrap())
+        b.iter(|| rt.block_on(bare.oneshot(request())).unwrap())
     });
     let headers = SecurityHeadersLayer::new(&SecurityHeadersConfig::default())
         .unwrap()
@@ -81,7 +91,8 @@ fn layers(c: &mut Criterion) {
     c.bench_function("layer/security_headers", |b| {
         b.iter(|| rt.block_on(headers.clone().oneshot(request())).unwrap())
     });
-    let mut context = RequestContextLayer::new(&RequestContextConfig::default()).layer(tower::service_fn(ok));
+    let mut context =
+        RequestContextLayer::new(&RequestContextConfig::default()).layer(tower::service_fn(ok));
     c.bench_function("layer/request_context", |b| {
         b.iter(|| rt.block_on(context.call(request())).unwrap())
     });

@@ -34,7 +34,15 @@ pub const MAX_LEN: usize = 128;
 
 /// A validated request (or correlation) id. See the [module docs](self).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(HeaderValue);
+pub struct RequestId(Repr);
+
+/// Generated ids live inline (no allocation until a header is built); incoming ids keep the
+/// client's header value, which shares the connection's read buffer.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Generated([u8; 36]),
+    Incoming(HeaderValue),
+}
 
 impl RequestId {
     /// Accepts `value` if it is 1–128 characters from `[A-Za-z0-9._:-]`.
@@ -49,7 +57,7 @@ impl RequestId {
         if bytes.is_empty() || bytes.len() > MAX_LEN || !bytes.iter().all(|&b| is_id_byte(b)) {
             return None;
         }
-        Some(Self(value.clone()))
+        Some(Self(Repr::Incoming(value.clone())))
     }
 
     /// A fresh UUIDv7 id.
@@ -60,19 +68,26 @@ impl RequestId {
             .map_or(0, |d| d.as_millis() as u64);
         let random = fastrand::u128(..);
         write_uuid_v7(millis, random, &mut buf);
-        // Only hex digits and dashes: always a valid header value.
-        Self(HeaderValue::from_bytes(&buf).expect("uuid is a valid header value"))
+        Self(Repr::Generated(buf))
     }
 
     /// The id as text (always ASCII).
     pub fn as_str(&self) -> &str {
+        let bytes = match &self.0 {
+            Repr::Generated(b) => b.as_slice(),
+            Repr::Incoming(v) => v.as_bytes(),
+        };
         // Validated as ASCII at construction.
-        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+        std::str::from_utf8(bytes).unwrap_or_default()
     }
 
     /// The id as a header value, ready to insert.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
+    pub fn to_header_value(&self) -> HeaderValue {
+        match &self.0 {
+            // Only hex digits and dashes: always a valid header value.
+            Repr::Generated(b) => HeaderValue::from_bytes(b).expect("uuid is a valid header value"),
+            Repr::Incoming(v) => v.clone(),
+        }
     }
 }
 

@@ -78,9 +78,7 @@ impl Default for SecurityHeadersConfig {
             enabled: true,
             frame_options: "DENY".into(),
             referrer_policy: "no-referrer".into(),
-            permissions_policy: "accelerometer=(), camera=(), geolocation=(), gyroscope=(), \
-                                 magnetometer=(), microphone=(), payment=(), usb=()"
-                .into(),
+            permissions_policy: DEFAULT_PERMISSIONS_POLICY.into(),
             cross_origin_opener_policy: "same-origin".into(),
             cross_origin_resource_policy: "same-origin".into(),
             content_security_policy: String::new(),
@@ -149,9 +147,11 @@ impl SecurityHeadersLayer {
             if value.trim().is_empty() {
                 continue;
             }
-            let value = HeaderValue::from_str(value.trim()).map_err(|_| {
-                ConfigError::new(key, "must be visible ASCII text (a valid header value)")
-            })?;
+            let value = static_value(value.trim())
+                .map_or_else(|| HeaderValue::from_str(value.trim()), Ok)
+                .map_err(|_| {
+                    ConfigError::new(key, "must be visible ASCII text (a valid header value)")
+                })?;
             always.push((name, value));
         }
         let hsts = config.hsts.then(|| {
@@ -181,6 +181,28 @@ impl SecurityHeadersLayer {
             }),
         })
     }
+}
+
+const DEFAULT_PERMISSIONS_POLICY: &str = "accelerometer=(), camera=(), geolocation=(), \
+     gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()";
+
+/// Common values as `'static` header values: cloning those per response costs no atomic
+/// reference count, unlike values built from config text.
+fn static_value(value: &str) -> Option<HeaderValue> {
+    const KNOWN: [&str; 8] = [
+        "DENY",
+        "SAMEORIGIN",
+        "no-referrer",
+        "strict-origin-when-cross-origin",
+        "same-origin",
+        "same-site",
+        "cross-origin",
+        DEFAULT_PERMISSIONS_POLICY,
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == value)
+        .map(|k| HeaderValue::from_static(k))
 }
 
 impl<S> Layer<S> for SecurityHeadersLayer {
@@ -253,10 +275,10 @@ where
             return Poll::Ready(Ok(res));
         }
         let h = res.headers_mut();
+        // One growth of the map instead of several as headers are added one by one.
+        h.reserve(this.headers.always.len() + 1);
         for (name, value) in &this.headers.always {
-            if !h.contains_key(name) {
-                h.insert(name.clone(), value.clone());
-            }
+            h.entry(name).or_insert_with(|| value.clone());
         }
         if *this.https {
             if let Some(hsts) = &this.headers.hsts {

@@ -71,6 +71,7 @@ async fn the_binary_exits_zero_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
 
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
@@ -89,5 +90,19 @@ async fn the_binary_exits_zero_on_sigterm() {
         rest.push('\n');
     }
     assert!(rest.contains("shutdown requested"), "{rest}");
+    // The binary's JSON access log (written straight into the log batch) has the request.
+    let access: serde_json::Value = rest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "palisade::access")
+        .unwrap_or_else(|| panic!("no access line in {rest}"));
+    assert_eq!(access["request_id"], rid.as_str());
+    assert_eq!(access["correlation_id"], rid.as_str());
+    assert_eq!(access["route"], "/readyz");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["client_ip"], "127.0.0.1");
+    assert_eq!(access["completed"], true);
+    assert!(access["duration_ms"].as_f64().is_some());
+    assert!(access["ts"].as_str().unwrap().ends_with('Z'));
     assert!(rest.contains("\"stopped\""), "{rest}");
 }

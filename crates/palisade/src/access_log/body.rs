@@ -8,6 +8,7 @@ use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::sink::{AccessLogSink, Line};
 use crate::context::RequestContext;
 
 pin_project! {
@@ -60,10 +61,17 @@ pub(super) struct Entry {
     status: StatusCode,
     response_bytes: u64,
     completed: bool,
+    sink: AccessLogSink,
 }
 
 impl Entry {
-    pub(super) fn new(ctx: RequestContext, method: Method, uri: Uri, status: StatusCode) -> Self {
+    pub(super) fn new(
+        ctx: RequestContext,
+        method: Method,
+        uri: Uri,
+        status: StatusCode,
+        sink: AccessLogSink,
+    ) -> Self {
         Self {
             ctx,
             method,
@@ -71,30 +79,21 @@ impl Entry {
             status,
             response_bytes: 0,
             completed: false,
+            sink,
         }
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let ctx = &self.ctx;
-        let duration_ms = ctx.started().elapsed().as_secs_f64() * 1000.0;
-        let client_ip = ctx.client_ip();
-        tracing::info!(
-            target: super::TARGET,
-            request_id = ctx.request_id().as_str(),
-            correlation_id = ctx.correlation_id().as_str(),
-            method = self.method.as_str(),
-            route = ctx.route().unwrap_or("-"),
-            path = self.uri.path(),
-            status = self.status.as_u16(),
-            duration_ms,
-            request_bytes = ctx.request_body_bytes(),
-            response_bytes = self.response_bytes,
-            client_ip = client_ip.map(tracing::field::display),
-            completed = self.completed,
-            "request"
-        );
+        self.sink.write(&Line {
+            ctx: &self.ctx,
+            method: &self.method,
+            uri: &self.uri,
+            status: self.status,
+            response_bytes: self.response_bytes,
+            completed: self.completed,
+        });
     }
 }
 

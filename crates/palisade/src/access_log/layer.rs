@@ -9,14 +9,18 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::{AccessLogBody, Entry, RequestBody};
+use super::{
+    AccessLogSink,
+    body::{AccessLogBody, Entry, RequestBody},
+};
 use crate::context::RequestContext;
 
 /// Writes one access-log line per request. See the [module docs](super).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct AccessLogLayer {
     enabled: bool,
+    sink: AccessLogSink,
 }
 
 impl Default for AccessLogLayer {
@@ -28,7 +32,16 @@ impl Default for AccessLogLayer {
 impl AccessLogLayer {
     /// An enabled access log.
     pub fn new() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            sink: AccessLogSink::Tracing,
+        }
+    }
+
+    /// Sends lines to `sink` instead of `tracing` events.
+    pub fn with_sink(mut self, sink: AccessLogSink) -> Self {
+        self.sink = sink;
+        self
     }
 
     /// Switches logging on or off without changing the service's type.
@@ -45,6 +58,7 @@ impl<S> Layer<S> for AccessLogLayer {
         AccessLog {
             inner,
             enabled: self.enabled,
+            sink: self.sink.clone(),
         }
     }
 }
@@ -54,6 +68,7 @@ impl<S> Layer<S> for AccessLogLayer {
 pub struct AccessLog<S> {
     inner: S,
     enabled: bool,
+    sink: AccessLogSink,
 }
 
 impl<S> AccessLog<S> {
@@ -83,6 +98,7 @@ where
             ctx: ctx.clone(),
             method: req.method().clone(),
             uri: req.uri().clone(),
+            sink: self.sink.clone(),
         });
         let req = req.map(|b| RequestBody::new(b, ctx));
         ResponseFuture {
@@ -96,6 +112,7 @@ struct Pending {
     ctx: RequestContext,
     method: Method,
     uri: Uri,
+    sink: AccessLogSink,
 }
 
 pin_project! {
@@ -121,7 +138,7 @@ where
         Poll::Ready(match result {
             Ok(res) => {
                 let status = res.status();
-                let entry = pending.map(|p| Entry::new(p.ctx, p.method, p.uri, status));
+                let entry = pending.map(|p| Entry::new(p.ctx, p.method, p.uri, status, p.sink));
                 Ok(res.map(|b| AccessLogBody::new(b, entry)))
             }
             Err(e) => {
@@ -132,6 +149,7 @@ where
                         p.method,
                         p.uri,
                         http::StatusCode::INTERNAL_SERVER_ERROR,
+                        p.sink,
                     ));
                 }
                 Err(e)

@@ -7,7 +7,12 @@
 //! away before the body was sent). Headers are never logged, so `Authorization`, `Cookie`,
 //! `Set-Cookie` and API keys cannot leak through it.
 //!
-//! The event is emitted when the response body ends or is dropped, so `duration_ms` and
+//! By default the line is a `tracing` event, so any subscriber can take it. With
+//! [`AccessLogSink::Json`] the layer formats the same members straight into a reused buffer
+//! and hands the line to a [`BatchWriter`](crate::logging::BatchWriter): no event dispatch, no
+//! field visitors, about a third of the cost. Palisade's server does this for JSON logs.
+//!
+//! The line is written when the response body ends or is dropped, so `duration_ms` and
 //! `response_bytes` cover streaming bodies too. Nothing is formatted on the request path: the
 //! fields are recorded by reference and formatted by the subscriber (Palisade's
 //! [`logging`](crate::logging) formatter writes through a background thread).
@@ -29,9 +34,11 @@
 
 mod body;
 mod layer;
+mod sink;
 
 pub use body::{AccessLogBody, RequestBody};
 pub use layer::{AccessLog, AccessLogLayer, ResponseFuture};
+pub use sink::AccessLogSink;
 
 /// The `tracing` target of access-log events.
 pub const TARGET: &str = "palisade::access";

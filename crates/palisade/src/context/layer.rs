@@ -136,13 +136,8 @@ where
             resolved.map(|r| r.ip),
             resolved.is_some_and(|r| r.https),
         );
-        // Inner services (and proxied upstreams) see the final ids.
-        let h = req.headers_mut();
-        h.insert(X_REQUEST_ID, ctx.request_id().header_value().clone());
-        h.insert(
-            X_CORRELATION_ID,
-            ctx.correlation_id().header_value().clone(),
-        );
+        // The ids are read from the context, not from request headers: a handler or a proxy
+        // that needs them as headers calls `RequestContext::inject`.
         req.extensions_mut().insert(ctx.clone());
         // `call` of inner layers may reject synchronously: let them see the context too.
         let inner = ctx.sync_scope(|| self.inner.call(req));
@@ -171,12 +166,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
-        let h = res.headers_mut();
-        h.insert(X_REQUEST_ID, this.ctx.request_id().header_value().clone());
-        h.insert(
-            X_CORRELATION_ID,
-            this.ctx.correlation_id().header_value().clone(),
-        );
+        this.ctx.inject(res.headers_mut());
         Poll::Ready(Ok(res))
     }
 }

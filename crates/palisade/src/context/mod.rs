@@ -66,7 +66,8 @@ pub struct RequestContext(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     request_id: RequestId,
-    correlation_id: RequestId,
+    /// `None`: the same as the request id (no copy kept).
+    correlation_id: Option<RequestId>,
     client_ip: Option<IpAddr>,
     https: bool,
     started: Instant,
@@ -87,7 +88,6 @@ impl RequestContext {
         client_ip: Option<IpAddr>,
         https: bool,
     ) -> Self {
-        let correlation_id = correlation_id.unwrap_or_else(|| request_id.clone());
         Self(Arc::new(Inner {
             request_id,
             correlation_id,
@@ -107,7 +107,7 @@ impl RequestContext {
 
     /// The correlation id: the caller's `X-Correlation-ID`, else the request id.
     pub fn correlation_id(&self) -> &RequestId {
-        &self.0.correlation_id
+        self.0.correlation_id.as_ref().unwrap_or(&self.0.request_id)
     }
 
     /// The client's address as resolved behind trusted proxies, when the peer is known.
@@ -166,11 +166,13 @@ impl RequestContext {
 
     /// Sets `X-Request-ID` and `X-Correlation-ID` on an outgoing request's headers.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        headers.insert(X_REQUEST_ID, self.0.request_id.header_value().clone());
-        headers.insert(
-            X_CORRELATION_ID,
-            self.0.correlation_id.header_value().clone(),
-        );
+        let request_id = self.0.request_id.to_header_value();
+        let correlation_id = match &self.0.correlation_id {
+            Some(c) => c.to_header_value(),
+            None => request_id.clone(),
+        };
+        headers.insert(X_REQUEST_ID, request_id);
+        headers.insert(X_CORRELATION_ID, correlation_id);
     }
 }
 

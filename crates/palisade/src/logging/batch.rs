@@ -103,6 +103,12 @@ impl BatchWriter {
         )
     }
 
+    /// Appends complete lines (each ending in `\n`) to the batch; waits only when the batch is
+    /// at its cap.
+    pub fn write_line(&self, bytes: &[u8]) {
+        self.append(bytes);
+    }
+
     fn append(&self, bytes: &[u8]) {
         let mut state = self.shared.lock();
         while state.buf.len() + bytes.len() > self.shared.max_buffer
@@ -208,7 +214,9 @@ mod tests {
         let sink = Sink::default();
         let (w, guard) = BatchWriter::new(sink.clone(), Duration::from_secs(3600), 1 << 20);
         for i in 0..1000 {
-            w.make_writer().write_all(format!("line {i}\n").as_bytes()).unwrap();
+            w.make_writer()
+                .write_all(format!("line {i}\n").as_bytes())
+                .unwrap();
         }
         drop(guard);
         let g = sink.0.lock().unwrap();

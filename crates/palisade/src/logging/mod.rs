@@ -268,20 +268,74 @@ fn write_json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
 
 /// Writes the current time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` without a date library.
 fn write_timestamp(w: &mut Writer<'_>) -> fmt::Result {
+    let ts = timestamp();
+    w.write_str(std::str::from_utf8(&ts).unwrap_or_default())
+}
+
+/// The current UTC time as 27 ASCII bytes, `YYYY-MM-DDTHH:MM:SS.ffffffZ`. The date part is
+/// computed once per second per thread.
+pub(crate) fn timestamp() -> [u8; 27] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHE: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let tod = secs % 86_400;
-    write!(
-        w,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60,
-        now.subsec_micros()
-    )
+    let (cached_secs, mut prefix) = CACHE.get();
+    if cached_secs != secs {
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        let tod = secs % 86_400;
+        let mut cursor = std::io::Cursor::new(&mut prefix[..]);
+        let _ = std::io::Write::write_fmt(
+            &mut cursor,
+            format_args!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.",
+                tod / 3600,
+                tod / 60 % 60,
+                tod % 60
+            ),
+        );
+        CACHE.set((secs, prefix));
+    }
+    let mut out = [0u8; 27];
+    out[..20].copy_from_slice(&prefix);
+    let mut micros = now.subsec_micros();
+    for i in (20..26).rev() {
+        out[i] = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out[26] = b'Z';
+    out
+}
+
+/// Appends `s` as JSON string content (no quotes) to `out`.
+pub(crate) fn escape_json_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escaped.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(escaped);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
@@ -372,6 +426,28 @@ mod tests {
         });
         assert!(out.contains(" INFO "), "{out}");
         assert!(out.contains("msg k=1 request_id=rid-2"), "{out}");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let ts = timestamp();
+        let s = std::str::from_utf8(&ts).unwrap();
+        assert_eq!(s.len(), 27);
+        assert_eq!(&s[4..5], "-");
+        assert_eq!(&s[10..11], "T");
+        assert_eq!(&s[19..20], ".");
+        assert!(s.ends_with('Z'));
+        assert!(s.starts_with("20"));
+    }
+
+    #[test]
+    fn json_escaping_into_bytes_matches_serde() {
+        let input = "a\"b\\c\nd\u{1}e\u{7f}é";
+        let mut out = Vec::new();
+        escape_json_into(&mut out, input);
+        let quoted = format!("\"{}\"", String::from_utf8(out).unwrap());
+        let back: String = serde_json::from_str(&quoted).unwrap();
+        assert_eq!(back, input);
     }
 
     #[test]

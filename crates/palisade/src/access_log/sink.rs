@@ -1,0 +1,148 @@
+use std::{cell::RefCell, io::Write as _};
+
+use http::{Method, StatusCode, Uri};
+
+use crate::context::RequestContext;
+
+/// Where access-log lines go. See the [module docs](super).
+#[derive(Debug, Clone, Default)]
+pub enum AccessLogSink {
+    /// A `tracing` event (target `palisade::access`, level `INFO`).
+    #[default]
+    Tracing,
+    /// A JSON line formatted in place and appended to a batch writer.
+    #[cfg(feature = "json-log")]
+    Json(crate::logging::BatchWriter),
+}
+
+/// Everything one line says.
+pub(super) struct Line<'a> {
+    pub(super) ctx: &'a RequestContext,
+    pub(super) method: &'a Method,
+    pub(super) uri: &'a Uri,
+    pub(super) status: StatusCode,
+    pub(super) response_bytes: u64,
+    pub(super) completed: bool,
+}
+
+impl AccessLogSink {
+    pub(super) fn write(&self, line: &Line<'_>) {
+        match self {
+            Self::Tracing => emit_event(line),
+            #[cfg(feature = "json-log")]
+            Self::Json(writer) => {
+                thread_local! {
+                    static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+                }
+                BUF.with(|buf| {
+                    let Ok(mut buf) = buf.try_borrow_mut() else {
+                        return emit_event(line);
+                    };
+                    buf.clear();
+                    format_json(&mut buf, line);
+                    writer.write_line(&buf);
+                });
+            }
+        }
+    }
+}
+
+fn emit_event(l: &Line<'_>) {
+    let ctx = l.ctx;
+    tracing::info!(
+        target: super::TARGET,
+        request_id = ctx.request_id().as_str(),
+        correlation_id = ctx.correlation_id().as_str(),
+        method = l.method.as_str(),
+        route = ctx.route().unwrap_or("-"),
+        path = l.uri.path(),
+        status = l.status.as_u16(),
+        duration_ms = ctx.started().elapsed().as_secs_f64() * 1000.0,
+        request_bytes = ctx.request_body_bytes(),
+        response_bytes = l.response_bytes,
+        client_ip = ctx.client_ip().map(tracing::field::display),
+        completed = l.completed,
+        "request"
+    );
+}
+
+/// The same members, in the same order, as [`ContextFormat::json`](crate::logging::ContextFormat)
+/// writes for the tracing event.
+#[cfg(feature = "json-log")]
+fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
+    use crate::logging::{escape_json_into, timestamp};
+    let ctx = l.ctx;
+    let micros = ctx.started().elapsed().as_micros() as u64;
+    out.extend_from_slice(b"{\"ts\":\"");
+    out.extend_from_slice(&timestamp());
+    out.extend_from_slice(
+        b"\",\"level\":\"INFO\",\"target\":\"palisade::access\",\"msg\":\"request\",\"request_id\":\"",
+    );
+    // Ids are validated to [A-Za-z0-9._:-]: nothing to escape.
+    out.extend_from_slice(ctx.request_id().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"correlation_id\":\"");
+    out.extend_from_slice(ctx.correlation_id().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"method\":\"");
+    escape_json_into(out, l.method.as_str());
+    out.extend_from_slice(b"\",\"route\":\"");
+    escape_json_into(out, ctx.route().unwrap_or("-"));
+    out.extend_from_slice(b"\",\"path\":\"");
+    escape_json_into(out, l.uri.path());
+    let _ = write!(
+        out,
+        "\",\"status\":{},\"duration_ms\":{}.{:03},\"request_bytes\":{},\"response_bytes\":{}",
+        l.status.as_u16(),
+        micros / 1000,
+        micros % 1000,
+        ctx.request_body_bytes(),
+        l.response_bytes
+    );
+    if let Some(ip) = ctx.client_ip() {
+        let _ = write!(out, ",\"client_ip\":\"{ip}\"");
+    }
+    out.extend_from_slice(if l.completed {
+        b",\"completed\":true}\n"
+    } else {
+        b",\"completed\":false}\n"
+    });
+}
+
+#[cfg(all(test, feature = "json-log"))]
+mod tests {
+    use super::*;
+    use crate::request_id::RequestId;
+
+    #[test]
+    fn the_json_line_is_valid_json_with_every_member() {
+        let ctx = RequestContext::new(RequestId::parse("r-1").unwrap(), None);
+        ctx.set_route("/items/{id}");
+        let uri: Uri = "/items/%22x%22?token=secret".parse().unwrap();
+        let mut out = Vec::new();
+        format_json(
+            &mut out,
+            &Line {
+                ctx: &ctx,
+                method: &Method::POST,
+                uri: &uri,
+                status: StatusCode::CREATED,
+                response_bytes: 12,
+                completed: false,
+            },
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["target"], "palisade::access");
+        assert_eq!(v["request_id"], "r-1");
+        assert_eq!(v["correlation_id"], "r-1");
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["route"], "/items/{id}");
+        assert_eq!(v["path"], "/items/%22x%22");
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["response_bytes"], 12);
+        assert_eq!(v["request_bytes"], 0);
+        assert_eq!(v["completed"], false);
+        assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert!(v.get("client_ip").is_none());
+        assert!(!String::from_utf8(out).unwrap().contains("secret"));
+    }
+}
