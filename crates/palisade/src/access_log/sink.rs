@@ -1,5 +1,3 @@
-use std::{cell::RefCell, io::Write as _};
-
 use http::{Method, StatusCode, Uri};
 
 use crate::context::RequestContext;
@@ -31,6 +29,7 @@ impl AccessLogSink {
             Self::Tracing => emit_event(line),
             #[cfg(feature = "json-log")]
             Self::Json(writer) => {
+                use std::cell::RefCell;
                 thread_local! {
                     static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
                 }
@@ -70,6 +69,8 @@ fn emit_event(l: &Line<'_>) {
 /// writes for the tracing event.
 #[cfg(feature = "json-log")]
 fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
+    use std::io::Write as _;
+
     use crate::logging::{escape_json_into, timestamp};
     let ctx = l.ctx;
     let micros = ctx.started().elapsed().as_micros() as u64;
