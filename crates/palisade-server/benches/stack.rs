@@ -74,29 +74,15 @@ fn stack(c: &mut Criterion) {
     }
 }
 
-/// The full stack with the server's JSON formatter writing through the batch writer (to a
-/// sink): the access log's real in-process cost.
+/// The full stack with the server's real telemetry (JSON logs to /dev/null through the batch
+/// writer, access log straight into the batch): the access log's in-process cost.
 fn stack_with_json_log(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let (writer, _guard) = palisade::logging::BatchWriter::new(
-        std::io::sink(),
-        std::time::Duration::from_millis(50),
-        8 << 20,
-    );
-    let subscriber = tracing_subscriber::fmt()
-        .event_format(palisade::logging::ContextFormat::json())
-        .with_env_filter("info")
-        .with_writer(writer)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-    let svc = apply_middleware(router(), &settings(&[]), &ExemptPaths::health()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let logged = settings(&[("PALISADE_LOG__FORMAT", "json"), ("PALISADE_LOG__OUTPUT", "/dev/null")]);
+    let _guard = palisade_server::telemetry::init(&logged).unwrap();
+    let svc = apply_middleware(router(), &logged, &ExemptPaths::health()).unwrap();
     c.bench_function("stack/full_with_json_access_log", |b| {
-        b.iter(|| {
-            rt.block_on(svc.clone().oneshot(request::<axum::body::Body>()))
-                .unwrap()
-        })
+        b.iter(|| rt.block_on(svc.clone().oneshot(request::<axum::body::Body>())).unwrap())
     });
 }
 
