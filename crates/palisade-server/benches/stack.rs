@@ -77,12 +77,20 @@ fn stack(c: &mut Criterion) {
 /// The full stack with the server's real telemetry (JSON logs to /dev/null through the batch
 /// writer, access log straight into the batch): the access log's in-process cost.
 fn stack_with_json_log(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let logged = settings(&[("PALISADE_LOG__FORMAT", "json"), ("PALISADE_LOG__OUTPUT", "/dev/null")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let logged = settings(&[
+        ("PALISADE_LOG__FORMAT", "json"),
+        ("PALISADE_LOG__OUTPUT", "/dev/null"),
+    ]);
     let _guard = palisade_server::telemetry::init(&logged).unwrap();
     let svc = apply_middleware(router(), &logged, &ExemptPaths::health()).unwrap();
     c.bench_function("stack/full_with_json_access_log", |b| {
-        b.iter(|| rt.block_on(svc.clone().oneshot(request::<axum::body::Body>())).unwrap())
+        b.iter(|| {
+            rt.block_on(svc.clone().oneshot(request::<axum::body::Body>()))
+                .unwrap()
+        })
     });
 }
 
