@@ -90,17 +90,7 @@ pub(crate) async fn serve<S, B>(
         });
     };
 
-    let mut shutdown = pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            res = listener.accept() => match res {
-                Ok((stream, peer)) => accept(stream, peer),
-                Err(e) => accept_error(&e).await,
-            },
-        }
-    }
+    accept_until(&listener, &accept, shutdown).await;
 
     health.begin_shutdown();
     tracing::info!(
@@ -108,21 +98,30 @@ pub(crate) async fn serve<S, B>(
         drain_timeout_ms = opts.drain_timeout.as_millis() as u64,
         "shutdown requested: readiness now fails"
     );
-    let mut delay = pin!(tokio::time::sleep(opts.shutdown_delay));
+    accept_until(&listener, &accept, tokio::time::sleep(opts.shutdown_delay)).await;
+    drop(listener);
+    match tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Accepts connections until `stop` resolves.
+async fn accept_until(
+    listener: &TcpListener,
+    accept: &impl Fn(TcpStream, SocketAddr),
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = pin!(stop);
     loop {
         tokio::select! {
             biased;
-            () = &mut delay => break,
+            () = &mut stop => return,
             res = listener.accept() => match res {
                 Ok((stream, peer)) => accept(stream, peer),
                 Err(e) => accept_error(&e).await,
             },
         }
-    }
-    drop(listener);
-    match tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }
 
