@@ -122,15 +122,14 @@ impl Problem {
     /// Renders the JSON body. The request id comes from the explicit value, else the current
     /// request context, else the member is omitted.
     pub fn to_json(&self) -> Bytes {
-        let current = if self.request_id.is_none() {
-            crate::context::try_current()
-        } else {
-            None
-        };
-        let request_id = self
-            .request_id
-            .as_deref()
-            .or_else(|| current.as_ref().map(|c| c.request_id().as_str()));
+        match self.request_id.as_deref() {
+            Some(id) => self.render(Some(id)),
+            None => crate::context::with_current(|c| self.render(Some(c.request_id().as_str())))
+                .unwrap_or_else(|| self.render(None)),
+        }
+    }
+
+    fn render(&self, request_id: Option<&str>) -> Bytes {
         let instance = match (&self.instance, request_id) {
             (Some(i), _) => Some(Cow::Borrowed(i.as_str())),
             (None, Some(id)) => Some(Cow::Owned(format!("urn:request:{id}"))),

@@ -183,6 +183,8 @@ impl SecurityHeadersLayer {
     }
 }
 
+const X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
+
 const DEFAULT_PERMISSIONS_POLICY: &str = "accelerometer=(), camera=(), geolocation=(), \
      gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()";
 
@@ -289,7 +291,7 @@ where
             h.remove(header::STRICT_TRANSPORT_SECURITY);
         }
         h.remove(header::SERVER);
-        h.remove(HeaderName::from_static("x-powered-by"));
+        h.remove(X_POWERED_BY);
         Poll::Ready(Ok(res))
     }
 }

@@ -171,21 +171,17 @@ where
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        match host {
-            Some(h) if self.rules.allows(h) => RejectOr::inner(self.inner.call(req)),
-            Some(_) => RejectOr::reject(
-                Problem::new(StatusCode::BAD_REQUEST)
-                    .with_title("Host not allowed")
-                    .with_detail("the Host header names a host this server does not serve")
-                    .into_response(),
-            ),
-            None => RejectOr::reject(
-                Problem::new(StatusCode::BAD_REQUEST)
-                    .with_title("Host not allowed")
-                    .with_detail("the request has no Host")
-                    .into_response(),
-            ),
-        }
+        let detail = match host {
+            Some(h) if self.rules.allows(h) => return RejectOr::inner(self.inner.call(req)),
+            Some(_) => "the Host header names a host this server does not serve",
+            None => "the request has no Host",
+        };
+        RejectOr::reject(
+            Problem::new(StatusCode::BAD_REQUEST)
+                .with_title("Host not allowed")
+                .with_detail(detail)
+                .into_response(),
+        )
     }
 }
 

@@ -312,7 +312,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         });
     let env = match env_raw {
         None => Environment::Development,
-        Some((v, source)) => Environment::deserialize_value(v.clone()).map_err(|_| {
+        Some((v, source)) => <Environment as serde::Deserialize>::deserialize(v.clone()).map_err(|_| {
             ConfigError(format!(
                 "invalid config key `env` = {v} (from {source}): expected \"development\" or \"production\""
             ))
@@ -383,16 +383,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         sources,
         file: file_table.map(|_| file_path),
     })
-}
-
-trait DeserializeValue: Sized {
-    fn deserialize_value(v: Value) -> Result<Self, toml::de::Error>;
-}
-
-impl<T: serde::de::DeserializeOwned> DeserializeValue for T {
-    fn deserialize_value(v: Value) -> Result<Self, toml::de::Error> {
-        T::deserialize(v)
-    }
 }
 
 fn unknown_field(msg: &str) -> Option<String> {

@@ -187,10 +187,6 @@ pub fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
     CURRENT.try_with(f).ok()
 }
 
-pub(crate) fn try_current() -> Option<RequestContext> {
-    current()
-}
-
 /// `tokio::spawn` that carries the current context (if any) into the new task.
 pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
 where

@@ -237,27 +237,35 @@ struct JsonEscape<'a, 'w>(&'a mut Writer<'w>);
 
 impl fmt::Write for JsonEscape<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut start = 0;
-        for (i, b) in s.bytes().enumerate() {
-            let escaped = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f | 0x7f => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[start..i])?;
-            if escaped.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
-            } else {
-                self.0.write_str(escaped)?;
-            }
-            start = i + 1;
-        }
-        self.0.write_str(&s[start..])
+        escape_json(s, |piece| self.0.write_str(piece))
     }
+}
+
+/// The one JSON string escaper: hands `push` the unescaped runs of `s` and the escape
+/// sequences between them, in order.
+fn escape_json<E>(s: &str, mut push: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let mut unicode = *b"\\u0000";
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f | 0x7f => {
+                unicode[4] = HEX[(b >> 4) as usize];
+                unicode[5] = HEX[(b & 0xf) as usize];
+                std::str::from_utf8(&unicode).expect("ASCII")
+            }
+            _ => continue,
+        };
+        push(&s[start..i])?;
+        push(escaped)?;
+        start = i + 1;
+    }
+    push(&s[start..])
 }
 
 fn write_json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
@@ -312,30 +320,10 @@ pub(crate) fn timestamp() -> [u8; 27] {
 
 /// Appends `s` as JSON string content (no quotes) to `out`.
 pub(crate) fn escape_json_into(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escaped.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xf) as usize]);
-        } else {
-            out.extend_from_slice(escaped);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+    let _ = escape_json::<std::convert::Infallible>(s, |piece| {
+        out.extend_from_slice(piece.as_bytes());
+        Ok(())
+    });
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
