@@ -12,7 +12,7 @@
 //!                [--only NAME,NAME] [--out FILE]
 //! ```
 //!
-//! `--smoke` runs bare and full once for one second each: proof that the harness works, no
+//! `--smoke` runs bare, full and the Redis-backed variant once for one second each: proof that the harness works, no
 //! claim about speed. Run through `bench/run`, which installs wrk and builds release binaries.
 
 use std::{
@@ -32,7 +32,18 @@ struct Variant {
     env: &'static [(&'static str, &'static str)],
     /// For "one layer off" variants: the layer whose cost `full - this` measures.
     layer: Option<&'static str>,
+    /// Runs against the harness's own throwaway `redis-server` (pinned with the load
+    /// generator, on core 1).
+    redis: bool,
 }
+
+/// The config every palisade variant reads: the default stack, with a rate-limit quota no
+/// benchmark reaches, so every request takes the allowed path (the limiter's full cost:
+/// decision plus headers) instead of measuring cheap 429s.
+const BENCH_CONFIG: &str = r#"
+[rate_limit.policies.default]
+quotas = [{ limit = 4000000000, window = "1s" }]
+"#;
 
 const VARIANTS: &[Variant] = &[
     Variant {
@@ -41,6 +52,7 @@ const VARIANTS: &[Variant] = &[
         bin: "bench-bare",
         env: &[],
         layer: None,
+        redis: false,
     },
     Variant {
         name: "full",
@@ -48,6 +60,7 @@ const VARIANTS: &[Variant] = &[
         bin: "bench-palisade",
         env: &[],
         layer: None,
+        redis: false,
     },
     Variant {
         name: "no-access-log",
@@ -55,6 +68,7 @@ const VARIANTS: &[Variant] = &[
         bin: "bench-palisade",
         env: &[("PALISADE_LOG__ACCESS_LOG", "false")],
         layer: Some("access log (JSON line, background writer)"),
+        redis: false,
     },
     Variant {
         name: "no-security-headers",
@@ -62,6 +76,15 @@ const VARIANTS: &[Variant] = &[
         bin: "bench-palisade",
         env: &[("PALISADE_SECURITY_HEADERS__ENABLED", "false")],
         layer: Some("security headers"),
+        redis: false,
+    },
+    Variant {
+        name: "no-rate-limit",
+        what: "full minus the rate limiter",
+        bin: "bench-palisade",
+        env: &[("PALISADE_RATE_LIMIT__ENABLED", "false")],
+        layer: Some("rate limit (in memory, per IP, headers)"),
+        redis: false,
     },
     Variant {
         name: "minimal",
@@ -70,8 +93,10 @@ const VARIANTS: &[Variant] = &[
         env: &[
             ("PALISADE_LOG__ACCESS_LOG", "false"),
             ("PALISADE_SECURITY_HEADERS__ENABLED", "false"),
+            ("PALISADE_RATE_LIMIT__ENABLED", "false"),
         ],
         layer: None,
+        redis: false,
     },
     Variant {
         name: "plus-trusted-hosts",
@@ -82,6 +107,7 @@ const VARIANTS: &[Variant] = &[
             "127.0.0.1,localhost",
         )],
         layer: None,
+        redis: false,
     },
     Variant {
         name: "plus-cors",
@@ -89,6 +115,15 @@ const VARIANTS: &[Variant] = &[
         bin: "bench-palisade",
         env: &[("PALISADE_CORS__ALLOW_ORIGINS", "https://app.example.com")],
         layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "redis-rate-limit",
+        what: "full with the rate limiter on Redis (one Lua call per request)",
+        bin: "bench-palisade",
+        env: &[("PALISADE_RATE_LIMIT__STORE", "redis")],
+        layer: None,
+        redis: true,
     },
 ];
 
@@ -121,12 +156,19 @@ fn main() {
         .iter()
         .filter(|v| match &opts.only {
             Some(names) => v.name == "bare" || names.iter().any(|n| n == v.name),
-            None => !opts.smoke || matches!(v.name, "bare" | "full"),
+            None => !opts.smoke || matches!(v.name, "bare" | "full" | "redis-rate-limit"),
         })
         .collect();
     let clk_tck = clock_ticks();
     let log_dir = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).expect("log dir");
+    let config = log_dir.join("bench.toml");
+    std::fs::write(&config, BENCH_CONFIG).expect("bench config");
+    let mut redis = variants.iter().any(|v| v.redis).then(start_redis);
+    let mut shared_env = vec![("PALISADE_CONFIG".to_owned(), config.display().to_string())];
+    if let Some((_, url)) = &redis {
+        shared_env.push(("PALISADE_REDIS__URL".to_owned(), url.clone()));
+    }
 
     eprintln!(
         "palisade-bench: {} variants x {} rounds x {} s, {} connections; server on core 0, wrk on core 1",
@@ -138,7 +180,7 @@ fn main() {
     let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     for round in 1..=opts.rounds {
         for v in &variants {
-            let s = run_one(v, &bin_dir, &log_dir, &opts, clk_tck);
+            let s = run_one(v, &bin_dir, &log_dir, &shared_env, &opts, clk_tck);
             eprintln!(
                 "  round {round} {:<20} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>5.2} us/req",
                 v.name, s.rps, s.p50_us, s.p99_us, s.cpu_us
@@ -147,6 +189,9 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&log_dir);
+    if let Some((child, _)) = &mut redis {
+        stop(child);
+    }
 
     let medians: BTreeMap<&str, Sample> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
     let report = render(&variants, &medians, &opts);
@@ -211,7 +256,36 @@ fn usage(msg: &str) -> ! {
     std::process::exit(2);
 }
 
-fn run_one(v: &Variant, bin_dir: &Path, log_dir: &Path, opts: &Options, clk_tck: f64) -> Sample {
+/// A throwaway `redis-server` on a free port, on the load generator's core.
+fn start_redis() -> (Child, String) {
+    let port = free_port();
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "redis-server",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server (bench/run installs it): {e}"));
+    wait_listening(port, &mut child);
+    (child, format!("redis://127.0.0.1:{port}"))
+}
+
+fn run_one(
+    v: &Variant,
+    bin_dir: &Path,
+    log_dir: &Path,
+    shared_env: &[(String, String)],
+    opts: &Options,
+    clk_tck: f64,
+) -> Sample {
     let port = free_port();
     let log_file = log_dir.join(format!("{}.log", v.name));
     let _ = std::fs::remove_file(&log_file);
@@ -221,6 +295,7 @@ fn run_one(v: &Variant, bin_dir: &Path, log_dir: &Path, opts: &Options, clk_tck:
         .env("PALISADE_SERVER__PORT", port.to_string())
         .env("PALISADE_LOG__FORMAT", "json")
         .env("PALISADE_LOG__OUTPUT", &log_file)
+        .envs(shared_env.iter().map(|(k, v)| (k, v)))
         .envs(v.env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

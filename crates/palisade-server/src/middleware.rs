@@ -9,6 +9,7 @@
 
 use std::{
     convert::Infallible,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -20,6 +21,9 @@ use palisade::{
     context::{RequestContext, RequestContextConfig, RequestContextLayer},
     exempt::ExemptPaths,
     problem_fallback::ProblemFallbackLayer,
+    rate_limit::{
+        MemoryStore, RateLimitLayer, RateLimitStore, RateLimiter, StoreKind, redis::RedisStore,
+    },
     security_headers::SecurityHeadersLayer,
     trusted_host::TrustedHostLayer,
 };
@@ -66,6 +70,9 @@ where
         .map_err(|e| config_err("cors", e))?;
     let trusted_host = TrustedHostLayer::new(&settings.trusted_hosts.allowed_hosts, exempt.clone())
         .map_err(|e| config_err("trusted_hosts", e))?;
+    let rate_limit = rate_limiter(settings, exempt)
+        .map_err(|e| config_err("rate_limit", e))?
+        .map(RateLimitLayer::new);
 
     Ok(ServiceBuilder::new()
         // 1. Request context: ids, client IP and the task-local come first so every layer
@@ -89,12 +96,58 @@ where
         // 6. CORS: outside the rejecting layers below so browsers can read their problems;
         //    answers preflights without reaching them.
         .layer(option_layer(cors))
-        // Later layers (load shedding, rate limit, body limit, timeout, idempotency, auth)
-        // go here, in that order.
+        // Later layers: load shedding goes here, before the rate limit.
+        //
+        // 7. Rate limit: after everything that rejects for free, before any work it protects;
+        //    its 429s pass through the access log, CORS and security headers above.
+        .layer(option_layer(rate_limit))
+        // Later layers (body limit, timeout, idempotency, auth) go here, in that order.
         //
         // Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
+}
+
+/// The limiter from `[rate_limit]` over its store, or `None` when disabled. The Redis store
+/// connects in the background; startup logs whether it is reachable.
+fn rate_limiter(
+    settings: &Settings,
+    exempt: &ExemptPaths,
+) -> Result<Option<Arc<RateLimiter>>, palisade::error::ConfigError> {
+    let config = &settings.rate_limit;
+    if !config.enabled {
+        return Ok(None);
+    }
+    let store: Arc<dyn RateLimitStore> = match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::with_max_keys(config.max_keys)),
+        StoreKind::Redis => {
+            let connect = if settings.redis.cluster {
+                RedisStore::cluster
+            } else {
+                RedisStore::new
+            };
+            let store = connect(
+                &settings.redis.url,
+                &config.redis_prefix,
+                config.store_timeout.get(),
+                config.on_store_error,
+                config.max_keys,
+            )?;
+            let probe = store.clone();
+            tokio::spawn(async move {
+                match probe.ping().await {
+                    Ok(()) => tracing::info!("rate limit store: redis reachable"),
+                    Err(error) => {
+                        tracing::warn!(%error, "rate limit store: redis not reachable yet")
+                    }
+                }
+            });
+            Arc::new(store)
+        }
+    };
+    Ok(Some(Arc::new(
+        RateLimiter::new(config, store)?.exempt(exempt.clone()),
+    )))
 }
 
 /// Records the matched route template into the request context (for the access log and,

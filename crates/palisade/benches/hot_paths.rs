@@ -2,7 +2,7 @@
 
 #![allow(missing_docs)]
 
-use std::{convert::Infallible, hint::black_box, net::SocketAddr};
+use std::{convert::Infallible, hint::black_box, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum_core::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -11,6 +11,10 @@ use palisade::{
     client_ip::{ClientIpConfig, ConnectionInfo, ForwardedHeader, TrustedProxies},
     context::{RequestContextConfig, RequestContextLayer},
     problem::Problem,
+    rate_limit::{
+        Algorithm, KeyDigest, MemoryStore, PolicyConfig, QuotaConfig, RateLimitConfig,
+        RateLimitLayer, RateLimiter,
+    },
     request_id::RequestId,
     security_headers::{SecurityHeadersConfig, SecurityHeadersLayer},
 };
@@ -98,5 +102,74 @@ fn layers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request_id, client_ip, problem, layers);
+/// The in-memory decision alone, with one tracked client and with a million.
+fn rate_limit(c: &mut Criterion) {
+    let store = Arc::new(MemoryStore::with_max_keys(4_000_000));
+    let limiter = RateLimiter::new(&RateLimitConfig::default(), store.clone()).unwrap();
+    let policy = limiter.policy("default").unwrap().clone();
+    let one = KeyDigest::new(7);
+    c.bench_function("rate_limit/memory_decision_1_key", |b| {
+        b.iter(|| store.decide_now(&policy, black_box(one)))
+    });
+    // Spread keys the way SipHash digests spread.
+    let key = |i: u64| {
+        KeyDigest::new(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+    };
+    for i in 0..1_000_000 {
+        store.decide_now(&policy, key(i));
+    }
+    assert!(store.len() >= 1_000_000);
+    let mut i = 0u64;
+    c.bench_function("rate_limit/memory_decision_1m_keys", |b| {
+        b.iter(|| {
+            i = (i + 7_919) % 1_000_000;
+            store.decide_now(&policy, key(i))
+        })
+    });
+    // A million tracked, ten thousand of them active: the usual shape of real traffic.
+    c.bench_function("rate_limit/memory_decision_1m_keys_10k_active", |b| {
+        b.iter(|| {
+            i = (i + 7_919) % 10_000;
+            store.decide_now(&policy, key(i * 100))
+        })
+    });
+    // The whole layer: key digest, decision, RateLimit headers (inside a request context),
+    // under a quota the benchmark never exhausts, so every request takes the allowed path.
+    let rt = rt();
+    let unreachable = || {
+        let mut c = RateLimitConfig::default();
+        c.policies.insert(
+            "default".into(),
+            PolicyConfig::new(
+                Algorithm::Gcra,
+                [QuotaConfig::new(4_000_000_000, Duration::from_secs(1))],
+            ),
+        );
+        c
+    };
+    let limiter = Arc::new(RateLimiter::new(&unreachable(), Arc::new(MemoryStore::new())).unwrap());
+    let mut svc = RequestContextLayer::new(&RequestContextConfig::default())
+        .layer(RateLimitLayer::new(limiter).layer(tower::service_fn(ok)));
+    let mut baseline =
+        RequestContextLayer::new(&RequestContextConfig::default()).layer(tower::service_fn(ok));
+    c.bench_function("layer/request_context_plus_rate_limit", |b| {
+        b.iter(|| rt.block_on(svc.call(request())).unwrap())
+    });
+    c.bench_function("layer/request_context_again_for_difference", |b| {
+        b.iter(|| rt.block_on(baseline.call(request())).unwrap())
+    });
+    let config = RateLimitConfig {
+        legacy_headers: false,
+        ..unreachable()
+    };
+    let limiter = Arc::new(RateLimiter::new(&config, Arc::new(MemoryStore::new())).unwrap());
+    let mut ietf_only = RequestContextLayer::new(&RequestContextConfig::default())
+        .layer(RateLimitLayer::new(limiter).layer(tower::service_fn(ok)));
+    c.bench_function(
+        "layer/request_context_plus_rate_limit_no_legacy_headers",
+        |b| b.iter(|| rt.block_on(ietf_only.call(request())).unwrap()),
+    );
+}
+
+criterion_group!(benches, request_id, client_ip, problem, layers, rate_limit);
 criterion_main!(benches);

@@ -45,6 +45,9 @@
 //! | [`trusted_host`] | `Host` allowlist | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
+//! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
+//! | [`duration`] | `"30s"`-style durations in config structs | — |
+//! | [`idempotency`] | `Idempotency-Key` parsing, request fingerprints (layer in progress) | — |
 //! | [`exempt`] | the shared list of infrastructure paths | — |
 //! | [`cors`] | validated CORS on tower-http | `cors` (default) |
 //! | [`logging`] | log formatter with the request context | `json-log` (default) |
@@ -55,15 +58,18 @@ pub mod client_ip;
 pub mod context;
 #[cfg(feature = "cors")]
 pub mod cors;
+pub mod duration;
 pub mod error;
 pub mod exempt;
 pub mod future;
 pub mod health;
+pub mod idempotency;
 #[cfg(feature = "json-log")]
 pub mod logging;
 mod macros;
 pub mod problem;
 pub mod problem_fallback;
+pub mod rate_limit;
 pub mod request_id;
 pub mod security_headers;
 pub mod trusted_host;

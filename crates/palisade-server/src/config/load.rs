@@ -130,9 +130,13 @@ fn source_of(sources: &BTreeMap<String, Source>, key: &str, env: Environment) ->
         .unwrap_or(Source::Default(env))
 }
 
-/// Names that hold secrets; their values are never printed.
+/// Names that hold secrets; their values are never printed. Names of headers that carry a
+/// secret (`api_key_header`) are not secrets themselves.
 fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
+    if last.ends_with("_header") {
+        return false;
+    }
     ["password", "secret", "token", "api_key", "private_key"]
         .iter()
         .any(|s| last.contains(s))
@@ -637,6 +641,7 @@ mod tests {
         assert!(is_secret_key("auth.jwt_secret"));
         assert!(is_secret_key("redis.url"));
         assert!(!is_secret_key("server.port"));
+        assert!(!is_secret_key("rate_limit.api_key_header"));
         assert_eq!(mask("\"hunter2\""), "\"********\"");
     }
 }

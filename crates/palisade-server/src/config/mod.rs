@@ -6,24 +6,26 @@
 //! tree (unknown keys are errors) and validates it once. Every key is documented in
 //! `docs/configuration.md`.
 
-mod duration;
 mod health;
 mod load;
 mod log;
+mod redis;
 mod security;
 mod server;
 
 use palisade::{
-    client_ip::ClientIpConfig, cors::CorsConfig, security_headers::SecurityHeadersConfig,
+    client_ip::ClientIpConfig, cors::CorsConfig, rate_limit::RateLimitConfig,
+    security_headers::SecurityHeadersConfig,
 };
 use serde::{Deserialize, Serialize};
 
-pub use duration::ConfigDuration;
 pub use health::HealthSettings;
 pub use load::{
     CONFIG_VAR, ConfigError, DEFAULT_FILE, ENV_PREFIX, LoadOptions, Loaded, Source, load,
 };
 pub use log::{LogFormat, LogSettings};
+pub use palisade::duration::ConfigDuration;
+pub use redis::RedisSettings;
 pub use security::{RequestIdSettings, TrustedHostsSettings};
 pub use server::ServerSettings;
 
@@ -60,6 +62,10 @@ pub struct Settings {
     pub trusted_hosts: TrustedHostsSettings,
     /// `[health]`.
     pub health: HealthSettings,
+    /// `[rate_limit]`.
+    pub rate_limit: RateLimitConfig,
+    /// `[redis]`.
+    pub redis: RedisSettings,
 }
 
 impl Default for Settings {
@@ -85,6 +91,8 @@ impl Settings {
             cors: CorsConfig::default(),
             trusted_hosts: TrustedHostsSettings::default(),
             health: HealthSettings::default(),
+            rate_limit: RateLimitConfig::default(),
+            redis: RedisSettings::default(),
         }
     }
 
@@ -156,6 +164,33 @@ impl Settings {
         ) {
             return err(&format!("trusted_hosts.{}", e.key), e.message);
         }
+        if let Err(e) = palisade::rate_limit::RateLimiter::new(
+            &self.rate_limit,
+            std::sync::Arc::new(palisade::rate_limit::MemoryStore::with_max_keys(0)),
+        ) {
+            return err(&format!("rate_limit.{}", e.key), e.message);
+        }
+        if self.rate_limit.enabled
+            && self.rate_limit.store == palisade::rate_limit::StoreKind::Redis
+        {
+            if self.redis.url.trim().is_empty() {
+                return err(
+                    "redis.url",
+                    "rate_limit.store = \"redis\" needs a Redis URL, e.g. \"redis://127.0.0.1:6379\"".into(),
+                );
+            }
+            let urls: Vec<&str> = if self.redis.cluster {
+                self.redis.url.split(',').map(str::trim).collect()
+            } else {
+                vec![self.redis.url.trim()]
+            };
+            if let Some(e) = urls.iter().find_map(|u| redis_url_ok(u).err()) {
+                return err("redis.url", e);
+            }
+            if self.rate_limit.store_timeout.get().is_zero() {
+                return err("rate_limit.store_timeout", "must be greater than 0s".into());
+            }
+        }
         if self.is_production() && self.trusted_hosts.allowed_hosts.is_empty() {
             return err(
                 "trusted_hosts.allowed_hosts",
@@ -163,5 +198,17 @@ impl Settings {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether `url` parses as a Redis URL; the message never repeats it (it may hold a password).
+fn redis_url_ok(url: &str) -> Result<(), String> {
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if scheme_ok {
+        Ok(())
+    } else {
+        Err("is not a Redis URL; expected redis://[:password@]host:port[/db]".into())
     }
 }

@@ -179,6 +179,20 @@ pub(crate) fn options(env: &[(&str, &str)]) -> LoadOptions {
     }
 }
 
+/// Options for the real loader with `toml` as the config file.
+pub(crate) fn options_with_file(toml: &str, env: &[(&str, &str)]) -> LoadOptions {
+    let mut opts = options(env);
+    let path = scratch_dir("config").join("palisade.toml");
+    std::fs::write(&path, toml).unwrap();
+    opts.config_path = Some(path);
+    opts
+}
+
+/// Spawns the real application with `toml` as its config file, plus `env`.
+pub(crate) async fn spawn_app_with_toml(toml: &str, env: &[(&str, &str)]) -> TestApp {
+    spawn_loaded(&options_with_file(toml, env), Vec::new()).await
+}
+
 pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
@@ -193,8 +207,15 @@ pub(crate) async fn spawn_app_with_checks(
     env: &[(&str, &str)],
     checks: Vec<std::sync::Arc<dyn palisade::health::HealthCheck>>,
 ) -> TestApp {
+    spawn_loaded(&options(env), checks).await
+}
+
+async fn spawn_loaded(
+    opts: &LoadOptions,
+    checks: Vec<std::sync::Arc<dyn palisade::health::HealthCheck>>,
+) -> TestApp {
     init_logs();
-    let loaded = load(&options(env)).expect("valid test config");
+    let loaded = load(opts).expect("valid test config");
     let app = Application::build_with(&loaded.settings, test_routes(), checks)
         .await
         .expect("app builds");

@@ -5,5 +5,6 @@ mod context;
 mod errors;
 mod health;
 mod helpers;
+mod rate_limit;
 mod security;
 mod shutdown;

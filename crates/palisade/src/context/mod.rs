@@ -72,6 +72,7 @@ struct Inner {
     https: bool,
     started: Instant,
     subject: OnceLock<Box<str>>,
+    tier: OnceLock<Box<str>>,
     route: OnceLock<Box<str>>,
     request_body_bytes: AtomicU64,
 }
@@ -95,6 +96,7 @@ impl RequestContext {
             https,
             started: Instant::now(),
             subject: OnceLock::new(),
+            tier: OnceLock::new(),
             route: OnceLock::new(),
             request_body_bytes: AtomicU64::new(0),
         }))
@@ -133,6 +135,17 @@ impl RequestContext {
     /// Records the authenticated subject. The first value wins; later calls return `false`.
     pub fn set_subject(&self, subject: &str) -> bool {
         self.0.subject.set(subject.into()).is_ok()
+    }
+
+    /// The client's tier (`"pro"`, `"internal"`), once an auth layer has set it from a token
+    /// claim or an API key record. Rate-limit policies can name other quotas per tier.
+    pub fn tier(&self) -> Option<&str> {
+        self.0.tier.get().map(|s| &**s)
+    }
+
+    /// Records the client's tier. The first value wins; later calls return `false`.
+    pub fn set_tier(&self, tier: &str) -> bool {
+        self.0.tier.set(tier.into()).is_ok()
     }
 
     /// The matched route template (`/items/{id}`), once the router has matched.

@@ -1,4 +1,5 @@
 //! Integration tests for the palisade layers, driven through `tower::ServiceBuilder`.
 
 mod helpers;
+mod rate_limit;
 mod stack;

@@ -1,4 +1,12 @@
 //! Durations written as text in config files: `"30s"`, `"500ms"`, `"2m"`.
+//!
+//! ```
+//! use palisade::duration::ConfigDuration;
+//! #[derive(serde::Deserialize)]
+//! struct Limits { window: ConfigDuration }
+//! let l: Limits = serde_json::from_str(r#"{"window": "1m 30s"}"#).unwrap();
+//! assert_eq!(l.window.get().as_secs(), 90);
+//! ```
 
 use std::time::Duration;
 

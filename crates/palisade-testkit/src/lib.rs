@@ -1,0 +1,32 @@
+//! Test-only helpers shared by the workspace's integration tests: real servers, started on a
+//! free loopback port for one test and killed when dropped. Nothing is mocked.
+//!
+//! A missing binary is a test failure whose message says how to install it (`scripts/test`
+//! installs everything the suite needs); tests never skip silently.
+
+mod redis;
+
+pub use redis::{RedisCluster, RedisServer};
+
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
