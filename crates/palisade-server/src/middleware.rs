@@ -24,6 +24,7 @@ use palisade::{
     rate_limit::{
         MemoryStore, RateLimitLayer, RateLimitStore, RateLimiter, StoreKind, redis::RedisStore,
     },
+    redis_connection::RedisConnection,
     security_headers::SecurityHeadersLayer,
     trusted_host::TrustedHostLayer,
 };
@@ -121,21 +122,16 @@ fn rate_limiter(
     let store: Arc<dyn RateLimitStore> = match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::with_max_keys(config.max_keys)),
         StoreKind::Redis => {
-            let connect = if settings.redis.cluster {
-                RedisStore::cluster
-            } else {
-                RedisStore::new
-            };
-            let store = connect(
-                &settings.redis.url,
+            let redis = RedisConnection::open(&settings.redis.url, settings.redis.cluster)?;
+            let store = RedisStore::new(
+                &redis,
                 &config.redis_prefix,
                 config.store_timeout.get(),
                 config.on_store_error,
                 config.max_keys,
             )?;
-            let probe = store.clone();
             tokio::spawn(async move {
-                match probe.ping().await {
+                match redis.ping(std::time::Duration::from_secs(1)).await {
                     Ok(()) => tracing::info!("rate limit store: redis reachable"),
                     Err(error) => {
                         tracing::warn!(%error, "rate limit store: redis not reachable yet")

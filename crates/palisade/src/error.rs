@@ -29,3 +29,16 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A shared store (Redis) could not answer: unreachable, timed out, or an unexpected reply.
+/// The message never contains credentials.
+#[derive(Debug, Clone)]
+pub struct StoreError(pub std::sync::Arc<str>);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}

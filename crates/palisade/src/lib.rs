@@ -67,9 +67,12 @@ pub mod idempotency;
 #[cfg(feature = "json-log")]
 pub mod logging;
 mod macros;
+mod path_pattern;
 pub mod problem;
 pub mod problem_fallback;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+pub mod redis_connection;
 pub mod request_id;
 pub mod security_headers;
 pub mod trusted_host;

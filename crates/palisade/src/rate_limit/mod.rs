@@ -57,7 +57,7 @@ mod store;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use http::{HeaderName, Method, Request};
+use http::{HeaderName, Request};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -243,15 +243,8 @@ impl RateLimiter {
             let key = |f: &str| format!("routes[{i}].{f}");
             let pattern =
                 PathPattern::parse(&r.path).map_err(|m| ConfigError::new(key("path"), m))?;
-            let methods = r
-                .methods
-                .iter()
-                .map(|m| {
-                    Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        ConfigError::new(key("methods"), format!("{m:?} is not a method"))
-                    })
-                })
-                .collect::<Result<Box<[_]>, _>>()?;
+            let methods = crate::path_pattern::parse_methods(&r.methods)
+                .map_err(|m| ConfigError::new(key("methods"), m))?;
             let action = match (&r.policy, r.exempt) {
                 (None, true) => Action::Exempt,
                 (Some(p), false) => Action::Apply(lookup(key("policy"), p)?),

@@ -2,16 +2,17 @@
 //!
 //! Each decision is exactly one round trip: one `EVALSHA` (the script is loaded on first use
 //! and after a Redis restart). Decisions made in the same scheduler tick travel together in
-//! one pipeline — one write and one read for all of them — sent by a dispatcher task. The script reads the clock with `TIME` (no clock skew between
-//! instances), checks every quota of the policy, and writes the new state only if all allow
+//! one pipeline — one write and one read for all of them — sent by a dispatcher task. The
+//! script reads the clock with `TIME` (no clock skew between instances), checks every quota of the policy, and writes the new state only if all allow
 //! the request: atomic, no read-modify-write race. Keys expire by themselves (`PX`), and all
 //! keys of one decision share a hash tag — `<prefix>{<policy>:<client digest>}:<g|s><quota>`
-//! — so they always live in one cluster slot: [`RedisStore::cluster`] speaks the Redis Cluster
-//! protocol and sends each decision to the primary that owns its slot. Client keys appear
+//! — so they always live in one cluster slot: on a cluster [`RedisConnection`] each decision
+//! goes to the primary that owns its slot. Client keys appear
 //! only as 128-bit digests.
 //!
 //! Outages. A decision never waits longer than the configured timeout. When Redis cannot be
-//! reached (connection refused or dropped, I/O error, timeout) the store is marked down for [`RETRY_INTERVAL`]: meanwhile decisions do not touch
+//! reached (connection refused or dropped, I/O error, timeout) the store is marked down for
+//! [`RETRY_INTERVAL`]: meanwhile decisions do not touch
 //! Redis at all and either fall back to this instance's [`MemoryStore`] (`fail_open`) or
 //! fail (`fail_closed`, the layer answers 503). After the interval one request probes Redis;
 //! the connection manager reconnects by itself. The outage is logged once when it starts and
@@ -21,11 +22,13 @@
 //! ```no_run
 //! use std::{sync::Arc, time::Duration};
 //! use palisade::rate_limit::{OnStoreError, RateLimitConfig, RateLimiter, redis::RedisStore};
+//! use palisade::redis_connection::RedisConnection;
 //!
 //! # fn build() -> Result<(), Box<dyn std::error::Error>> {
 //! // Inside a tokio runtime: the connection is made lazily, in the background.
+//! let redis = RedisConnection::open("redis://127.0.0.1:6379", false)?;
 //! let store = RedisStore::new(
-//!     "redis://127.0.0.1:6379",
+//!     &redis,
 //!     "palisade:rl:",
 //!     Duration::from_millis(50),
 //!     OnStoreError::FailOpen,
@@ -45,10 +48,7 @@ use std::{
 };
 
 use redis::{
-    Cmd, RedisResult, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterClient,
-    cluster_async::ClusterConnection,
+    Cmd, RedisResult, Script, Value, aio::ConnectionManager, cluster_async::ClusterConnection,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,7 +58,10 @@ use super::{
     policy::Policy,
     store::{Decide, Decision, RateLimitStore, StoreError},
 };
-use crate::error::ConfigError;
+use crate::{
+    error::ConfigError,
+    redis_connection::{self, RedisConnection},
+};
 
 /// How long the store stays marked down after an error before one request probes it again.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -193,13 +196,9 @@ pub struct RedisStore(Arc<Inner>);
 /// How decisions reach Redis.
 enum Conn {
     /// One endpoint: decisions go through the pipelining dispatcher.
-    Single {
-        manager: ConnectionManager,
-        /// Decisions waiting for the dispatcher, which sends them in pipelines.
-        jobs: mpsc::Sender<Job>,
-    },
+    Single(mpsc::Sender<Job>),
     /// Redis Cluster: each decision is routed to the primary of its keys' slot (all keys of
-    /// one decision share a hash tag). Set once the background task has connected.
+    /// one decision share a hash tag).
     Cluster(Arc<OnceLock<ClusterConnection>>),
 }
 
@@ -231,57 +230,10 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// A store on `url` (`redis://[:password@]host:port[/db]`). Connects lazily and in the
-    /// background; must be called inside a tokio runtime. `max_keys` bounds the fallback.
+    /// A store on `redis` (one endpoint or a cluster; see [`RedisConnection`]). Must be
+    /// called inside a tokio runtime. `max_keys` bounds the in-memory fallback.
     pub fn new(
-        url: &str,
-        prefix: &str,
-        timeout: Duration,
-        on_error: OnStoreError,
-        max_keys: usize,
-    ) -> Result<Self, ConfigError> {
-        // The URL may hold a password: never echo it.
-        let client = redis::Client::open(url).map_err(|e| {
-            ConfigError::new(
-                "url",
-                format!("is not a valid Redis URL ({})", e.category()),
-            )
-        })?;
-        if timeout.is_zero() {
-            return Err(ConfigError::new("store_timeout", "must be greater than 0s"));
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            ConfigError::new(
-                "url",
-                format!("cannot create a Redis client ({})", e.category()),
-            )
-        })?;
-        let (jobs, queue) = mpsc::channel(MAX_QUEUED);
-        tokio::spawn(dispatch(conn.clone(), timeout, queue));
-        Ok(Self::with_conn(
-            Conn::Single {
-                manager: conn,
-                jobs,
-            },
-            prefix,
-            timeout,
-            on_error,
-            max_keys,
-        ))
-    }
-
-    /// A store on a Redis Cluster, from comma-separated seed node URLs
-    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`). The cluster's topology is discovered
-    /// and followed (MOVED, failover) by the client. Connects in the background; until then,
-    /// and whenever the cluster is unreachable, decisions are handled as in an outage. Must be
-    /// called inside a tokio runtime.
-    pub fn cluster(
-        seeds: &str,
+        redis: &RedisConnection,
         prefix: &str,
         timeout: Duration,
         on_error: OnStoreError,
@@ -290,47 +242,15 @@ impl RedisStore {
         if timeout.is_zero() {
             return Err(ConfigError::new("store_timeout", "must be greater than 0s"));
         }
-        let seeds: Vec<&str> = seeds
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        let client = ClusterClient::builder(seeds)
-            .connection_timeout(Duration::from_secs(1))
-            .build()
-            .map_err(|e| {
-                ConfigError::new(
-                    "url",
-                    format!("is not a valid list of Redis URLs ({})", e.category()),
-                )
-            })?;
-        let cell = Arc::new(OnceLock::new());
-        let slot = cell.clone();
-        tokio::spawn(async move {
-            let mut warned = false;
-            loop {
-                match client.get_async_connection().await {
-                    Ok(conn) => {
-                        let _ = slot.set(conn);
-                        tracing::info!("rate limit store: connected to the redis cluster");
-                        return;
-                    }
-                    Err(error) if !warned => {
-                        warned = true;
-                        tracing::warn!(%error, "rate limit store: redis cluster not reachable yet; retrying every second");
-                    }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        let conn = match redis.conn() {
+            redis_connection::Conn::Single(manager) => {
+                let (jobs, queue) = mpsc::channel(MAX_QUEUED);
+                tokio::spawn(dispatch(manager.clone(), timeout, queue));
+                Conn::Single(jobs)
             }
-        });
-        Ok(Self::with_conn(
-            Conn::Cluster(cell),
-            prefix,
-            timeout,
-            on_error,
-            max_keys,
-        ))
+            redis_connection::Conn::Cluster(cell) => Conn::Cluster(cell.clone()),
+        };
+        Ok(Self::with_conn(conn, prefix, timeout, on_error, max_keys))
     }
 
     fn with_conn(
@@ -364,34 +284,6 @@ impl RedisStore {
             fallbacks: i.fallbacks.load(Ordering::Relaxed),
             outages: i.outages.load(Ordering::Relaxed),
             down: i.down.load(Ordering::Relaxed),
-        }
-    }
-
-    /// `PING` within the timeout: for startup logs and readiness checks.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let cmd = redis::cmd("PING");
-        let within = self.0.timeout.max(Duration::from_secs(1));
-        let result = match &self.0.conn {
-            Conn::Single { manager, .. } => {
-                let mut conn = manager.clone();
-                tokio::time::timeout(within, cmd.query_async::<String>(&mut conn)).await
-            }
-            Conn::Cluster(cell) => {
-                let deadline = Instant::now() + within;
-                while cell.get().is_none() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let Some(conn) = cell.get() else {
-                    return Err(StoreError("redis cluster: not connected".into()));
-                };
-                let mut conn = conn.clone();
-                tokio::time::timeout(within, cmd.query_async::<String>(&mut conn)).await
-            }
-        };
-        match result {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError(format!("redis: {e}").into())),
-            Err(_) => Err(StoreError("redis: timed out".into())),
         }
     }
 }
@@ -554,7 +446,7 @@ impl Inner {
                 .arg(s.capacity);
         }
         let reply = match &self.conn {
-            Conn::Single { jobs, .. } => self.via_dispatcher(jobs, cmd).await?,
+            Conn::Single(jobs) => self.via_dispatcher(jobs, cmd).await?,
             Conn::Cluster(cell) => {
                 let Some(conn) = cell.get() else {
                     return Err(Failure {

@@ -72,17 +72,7 @@ pub(crate) fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 
-/// A store could not decide (Redis unreachable, timed out).
-#[derive(Debug, Clone)]
-pub struct StoreError(pub Arc<str>);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
+pub use crate::error::StoreError;
 
 /// A decision that is either known at once (in memory) or needs I/O (Redis).
 pub enum Decide {

@@ -264,7 +264,7 @@ async fn a_single_route_can_carry_its_own_policy() {
 /// The Redis store against a real server (needs the `redis` feature).
 #[cfg(feature = "redis")]
 mod redis {
-    use palisade::rate_limit::redis::RedisStore;
+    use palisade::{rate_limit::redis::RedisStore, redis_connection::RedisConnection};
     use palisade_testkit::RedisServer;
 
     use super::*;
@@ -272,7 +272,7 @@ mod redis {
     fn redis_store(url: &str, on_error: OnStoreError) -> Arc<RedisStore> {
         Arc::new(
             RedisStore::new(
-                url,
+                &RedisConnection::open(url, false).unwrap(),
                 "palisade:test:",
                 Duration::from_millis(50),
                 on_error,
@@ -433,21 +433,21 @@ mod redis {
     #[tokio::test]
     async fn a_redis_cluster_shares_quotas_across_instances_and_spreads_clients() {
         let cluster = palisade_testkit::RedisCluster::start();
+        // Two instances: two connections to the cluster.
         let store = || {
-            Arc::new(
-                RedisStore::cluster(
-                    &cluster.urls(),
-                    "palisade:test:",
-                    Duration::from_secs(1),
-                    OnStoreError::FailClosed,
-                    10_000,
-                )
-                .unwrap(),
-            )
+            let redis = RedisConnection::open(&cluster.urls(), true).unwrap();
+            let store = RedisStore::new(
+                &redis,
+                "palisade:test:",
+                Duration::from_secs(1),
+                OnStoreError::FailClosed,
+                10_000,
+            );
+            (redis, Arc::new(store.unwrap()))
         };
-        let (sa, sb) = (store(), store());
-        sa.ping().await.unwrap();
-        sb.ping().await.unwrap();
+        let ((ra, sa), (rb, sb)) = (store(), store());
+        ra.ping(Duration::from_secs(10)).await.unwrap();
+        rb.ping(Duration::from_secs(10)).await.unwrap();
         let a = service(&cell_config(), sa, &[]);
         let b = service(&cell_config(), sb, &[]);
         // The redis-cell vector across two instances, for many clients (many slots).

@@ -1,0 +1,110 @@
+//! Path patterns for per-route config, matched against the raw path before routing,
+//! segment by segment and without allocating: `/items` (exact), `/items/{id}` (`{..}`
+//! matches one segment), `/admin/*` or `/files/{*rest}` (the prefix and everything below
+//! it), `/*` (everything).
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Param,
+}
+
+/// A compiled path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PathPattern {
+    segments: Box<[Segment]>,
+    /// Matches the segments and anything below them.
+    prefix: bool,
+}
+
+impl PathPattern {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(format!("{pattern:?} must start with '/'"));
+        };
+        let mut segments = Vec::new();
+        let mut prefix = false;
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        for (i, seg) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            if *seg == "*" || (seg.starts_with("{*") && seg.ends_with('}')) {
+                if !last {
+                    return Err(format!("{pattern:?}: a wildcard must be the last segment"));
+                }
+                prefix = true;
+            } else if seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2 {
+                segments.push(Segment::Param);
+            } else if seg.contains(['{', '}', '*']) {
+                return Err(format!(
+                    "{pattern:?}: segment {seg:?} is neither a literal, {{param}} nor a trailing *"
+                ));
+            } else {
+                segments.push(Segment::Literal((*seg).into()));
+            }
+        }
+        Ok(Self {
+            segments: segments.into(),
+            prefix,
+        })
+    }
+
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut parts = rest.split('/');
+        if rest.is_empty() {
+            // "/" has no segments.
+            return self.segments.is_empty();
+        }
+        for seg in &*self.segments {
+            match (seg, parts.next()) {
+                (_, None) => return false,
+                (Segment::Param, Some(p)) if !p.is_empty() => {}
+                (Segment::Literal(l), Some(p)) if **l == *p => {}
+                _ => return false,
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+}
+
+/// Parses config method names (`"post"`, `" PATCH "`), for per-route rules.
+pub(crate) fn parse_methods(names: &[String]) -> Result<Box<[http::Method]>, String> {
+    names
+        .iter()
+        .map(|m| {
+            http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("{m:?} is not a method"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let m = |p: &str, path: &str| PathPattern::parse(p).unwrap().matches(path);
+        assert!(m("/login", "/login"));
+        assert!(!m("/login", "/login/x"));
+        assert!(!m("/login", "/logins"));
+        assert!(m("/items/{id}", "/items/7"));
+        assert!(!m("/items/{id}", "/items/"));
+        assert!(!m("/items/{id}", "/items/7/parts"));
+        assert!(m("/admin/*", "/admin"));
+        assert!(m("/admin/*", "/admin/users/1"));
+        assert!(!m("/admin/*", "/administrator"));
+        assert!(m("/files/{*rest}", "/files/a/b"));
+        assert!(m("/*", "/anything/at/all"));
+        assert!(m("/*", "/"));
+        assert!(m("/", "/"));
+        assert!(!m("/", "/x"));
+        for bad in ["login", "/a/*/b", "/a{b}", "/a/*x"] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
