@@ -47,7 +47,9 @@
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
 //! | [`duration`] | `"30s"`-style durations in config structs | — |
-//! | [`idempotency`] | `Idempotency-Key` parsing, request fingerprints (layer in progress) | — |
+//! | [`idempotency`] | `Idempotency-Key`: run once, replay, across instances | `redis` for the shared store |
+//! | [`redis_connection`] | one connection to a Redis endpoint or cluster for every store | `redis` |
+//! | [`store`] | where a layer keeps shared state | — |
 //! | [`exempt`] | the shared list of infrastructure paths | — |
 //! | [`cors`] | validated CORS on tower-http | `cors` (default) |
 //! | [`logging`] | log formatter with the request context | `json-log` (default) |
@@ -75,4 +77,5 @@ pub mod rate_limit;
 pub mod redis_connection;
 pub mod request_id;
 pub mod security_headers;
+pub mod store;
 pub mod trusted_host;

@@ -64,6 +64,7 @@ use crate::{
     context::RequestContext, duration::ConfigDuration, error::ConfigError, exempt::ExemptPaths,
 };
 
+pub use crate::store::StoreKind;
 pub use key::{ClientKey, KeyDigest, KeyPart};
 pub use layer::{
     QUOTA_EXCEEDED, RATELIMIT, RATELIMIT_POLICY, RateLimitLayer, RateLimitService, ResponseFuture,
@@ -75,17 +76,6 @@ pub use routes::RouteConfig;
 pub use store::{Decide, Decision, QuotaStatus, RateLimitStore, StoreError};
 
 use routes::{Action, PathPattern, RouteRule};
-
-/// Where counters live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreKind {
-    /// This process only.
-    #[default]
-    Memory,
-    /// Shared by every instance through Redis (needs the `redis` feature and a URL).
-    Redis,
-}
 
 /// What to do when the shared store cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
