@@ -5,8 +5,10 @@
 //! installs everything the suite needs); tests never skip silently.
 
 mod redis;
+mod relay;
 
 pub use redis::{RedisCluster, RedisServer};
+pub use relay::TcpRelay;
 
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};

@@ -182,11 +182,25 @@ where
     let (parts, body) = res.into_parts();
     let headers = replayable_headers(&parts.headers);
     let limit = idem.max_response_bytes as u64;
-    let known = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= limit);
-    match known {
+    let size = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    match size {
+        // Known and too large to keep: record that it completed, then send it.
+        Some(n) if n > limit => {
+            let stored = StoredResponse {
+                status: parts.status,
+                headers,
+                body: None,
+            };
+            holder.complete(stored).await;
+            Ok(Response::from_parts(parts, body))
+        }
         // A body of known, storable size (JSON, bytes): read it and store it before
         // answering, so an immediate retry is already a replay.
-        true => {
+        Some(_) => {
             let collected = body.collect().await.map(|c| c.to_bytes());
             let stored = StoredResponse {
                 status: parts.status,
@@ -204,8 +218,9 @@ where
                 }
             }
         }
-        // Streaming, or too large: send it as it comes, store it (or its status) at the end.
-        false => {
+        // Streaming: send it as it comes, store it (or only its status, if it grows too
+        // large) when it ends.
+        None => {
             let recording = RecordingBody {
                 inner: body,
                 buf: BytesMut::new(),
