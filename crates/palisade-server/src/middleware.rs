@@ -20,6 +20,7 @@ use palisade::{
     catch_panic::CatchPanicLayer,
     context::{RequestContext, RequestContextConfig, RequestContextLayer},
     exempt::ExemptPaths,
+    idempotency::{self, Idempotency, IdempotencyLayer, IdempotencyStore},
     problem_fallback::ProblemFallbackLayer,
     rate_limit::{
         MemoryStore, RateLimitLayer, RateLimitStore, RateLimiter, StoreKind, redis::RedisStore,
@@ -71,9 +72,14 @@ where
         .map_err(|e| config_err("cors", e))?;
     let trusted_host = TrustedHostLayer::new(&settings.trusted_hosts.allowed_hosts, exempt.clone())
         .map_err(|e| config_err("trusted_hosts", e))?;
-    let rate_limit = rate_limiter(settings, exempt)
+    // One Redis connection for every store that uses Redis.
+    let redis = shared_redis(settings).map_err(|e| config_err("redis", e))?;
+    let rate_limit = rate_limiter(settings, exempt, redis.as_ref())
         .map_err(|e| config_err("rate_limit", e))?
         .map(RateLimitLayer::new);
+    let idempotency = idempotency(settings, exempt, redis.as_ref())
+        .map_err(|e| config_err("idempotency", e))?
+        .map(IdempotencyLayer::new);
 
     Ok(ServiceBuilder::new()
         // 1. Request context: ids, client IP and the task-local come first so every layer
@@ -102,47 +108,90 @@ where
         // 7. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // Later layers (body limit, timeout, idempotency, auth) go here, in that order.
+        // Later layers: body limit and timeout go here, in that order.
+        //
+        // 8. Idempotency: after everything that rejects (a refused request never reserves a
+        //    key), around the handler so a replay never runs it; a timeout above drops the
+        //    request, which releases its key. Auth goes after it once it lands (the subject
+        //    must be known here, see issue 9).
+        .layer(option_layer(idempotency))
         //
         // Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
 }
 
-/// The limiter from `[rate_limit]` over its store, or `None` when disabled. The Redis store
-/// connects in the background; startup logs whether it is reachable.
+/// The connection shared by the Redis stores, when any store uses Redis. Startup logs
+/// whether Redis is reachable.
+fn shared_redis(
+    settings: &Settings,
+) -> Result<Option<RedisConnection>, palisade::error::ConfigError> {
+    let rl = &settings.rate_limit;
+    let idem = &settings.idempotency;
+    let used = (rl.enabled && rl.store == StoreKind::Redis)
+        || (idem.enabled && idem.store == StoreKind::Redis);
+    if !used {
+        return Ok(None);
+    }
+    let redis = RedisConnection::open(&settings.redis.url, settings.redis.cluster)?;
+    let probe = redis.clone();
+    tokio::spawn(async move {
+        match probe.ping(std::time::Duration::from_secs(1)).await {
+            Ok(()) => tracing::info!("redis reachable"),
+            Err(error) => tracing::warn!(%error, "redis not reachable yet"),
+        }
+    });
+    Ok(Some(redis))
+}
+
+/// The limiter from `[rate_limit]` over its store, or `None` when disabled.
 fn rate_limiter(
     settings: &Settings,
     exempt: &ExemptPaths,
+    redis: Option<&RedisConnection>,
 ) -> Result<Option<Arc<RateLimiter>>, palisade::error::ConfigError> {
     let config = &settings.rate_limit;
     if !config.enabled {
         return Ok(None);
     }
-    let store: Arc<dyn RateLimitStore> = match config.store {
-        StoreKind::Memory => Arc::new(MemoryStore::with_max_keys(config.max_keys)),
-        StoreKind::Redis => {
-            let redis = RedisConnection::open(&settings.redis.url, settings.redis.cluster)?;
-            let store = RedisStore::new(
-                &redis,
-                &config.redis_prefix,
-                config.store_timeout.get(),
-                config.on_store_error,
-                config.max_keys,
-            )?;
-            tokio::spawn(async move {
-                match redis.ping(std::time::Duration::from_secs(1)).await {
-                    Ok(()) => tracing::info!("rate limit store: redis reachable"),
-                    Err(error) => {
-                        tracing::warn!(%error, "rate limit store: redis not reachable yet")
-                    }
-                }
-            });
-            Arc::new(store)
-        }
+    let store: Arc<dyn RateLimitStore> = match (config.store, redis) {
+        (StoreKind::Redis, Some(redis)) => Arc::new(RedisStore::new(
+            redis,
+            &config.redis_prefix,
+            config.store_timeout.get(),
+            config.on_store_error,
+            config.max_keys,
+        )?),
+        _ => Arc::new(MemoryStore::with_max_keys(config.max_keys)),
     };
     Ok(Some(Arc::new(
         RateLimiter::new(config, store)?.exempt(exempt.clone()),
+    )))
+}
+
+/// Idempotency from `[idempotency]` over its store, or `None` when disabled.
+fn idempotency(
+    settings: &Settings,
+    exempt: &ExemptPaths,
+    redis: Option<&RedisConnection>,
+) -> Result<Option<Arc<Idempotency>>, palisade::error::ConfigError> {
+    let config = &settings.idempotency;
+    if !config.enabled {
+        return Ok(None);
+    }
+    let store: Arc<dyn IdempotencyStore> = match (config.store, redis) {
+        (StoreKind::Redis, Some(redis)) => Arc::new(idempotency::redis::RedisStore::new(
+            redis,
+            &config.redis_prefix,
+            config.store_timeout.get(),
+        )?),
+        _ => Arc::new(idempotency::MemoryStore::new(
+            config.max_entries,
+            config.max_memory_bytes,
+        )),
+    };
+    Ok(Some(Arc::new(
+        Idempotency::new(config, store)?.exempt(exempt.clone()),
     )))
 }
 

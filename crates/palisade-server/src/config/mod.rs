@@ -14,8 +14,8 @@ mod security;
 mod server;
 
 use palisade::{
-    client_ip::ClientIpConfig, cors::CorsConfig, rate_limit::RateLimitConfig,
-    security_headers::SecurityHeadersConfig,
+    client_ip::ClientIpConfig, cors::CorsConfig, idempotency::IdempotencyConfig,
+    rate_limit::RateLimitConfig, security_headers::SecurityHeadersConfig, store::StoreKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,8 @@ pub struct Settings {
     pub health: HealthSettings,
     /// `[rate_limit]`.
     pub rate_limit: RateLimitConfig,
+    /// `[idempotency]`.
+    pub idempotency: IdempotencyConfig,
     /// `[redis]`.
     pub redis: RedisSettings,
 }
@@ -92,6 +94,7 @@ impl Settings {
             trusted_hosts: TrustedHostsSettings::default(),
             health: HealthSettings::default(),
             rate_limit: RateLimitConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
         }
     }
@@ -170,13 +173,34 @@ impl Settings {
         ) {
             return err(&format!("rate_limit.{}", e.key), e.message);
         }
-        if self.rate_limit.enabled
-            && self.rate_limit.store == palisade::rate_limit::StoreKind::Redis
-        {
+        if let Err(e) = palisade::idempotency::Idempotency::new(
+            &self.idempotency,
+            std::sync::Arc::new(palisade::idempotency::MemoryStore::new(0, 0)),
+        ) {
+            return err(&format!("idempotency.{}", e.key), e.message);
+        }
+        let redis_users = [
+            (
+                "rate_limit",
+                self.rate_limit.enabled && self.rate_limit.store == StoreKind::Redis,
+                self.rate_limit.store_timeout.get(),
+            ),
+            (
+                "idempotency",
+                self.idempotency.enabled && self.idempotency.store == StoreKind::Redis,
+                self.idempotency.store_timeout.get(),
+            ),
+        ];
+        for (section, uses_redis, timeout) in redis_users {
+            if !uses_redis {
+                continue;
+            }
             if self.redis.url.trim().is_empty() {
                 return err(
                     "redis.url",
-                    "rate_limit.store = \"redis\" needs a Redis URL, e.g. \"redis://127.0.0.1:6379\"".into(),
+                    format!(
+                        "{section}.store = \"redis\" needs a Redis URL, e.g. \"redis://127.0.0.1:6379\""
+                    ),
                 );
             }
             let urls: Vec<&str> = if self.redis.cluster {
@@ -187,8 +211,11 @@ impl Settings {
             if let Some(e) = urls.iter().find_map(|u| redis_url_ok(u).err()) {
                 return err("redis.url", e);
             }
-            if self.rate_limit.store_timeout.get().is_zero() {
-                return err("rate_limit.store_timeout", "must be greater than 0s".into());
+            if timeout.is_zero() {
+                return err(
+                    &format!("{section}.store_timeout"),
+                    "must be greater than 0s".into(),
+                );
             }
         }
         if self.is_production() && self.trusted_hosts.allowed_hosts.is_empty() {

@@ -1,4 +1,5 @@
-//! `[redis]`: the shared store used by rate limiting (and, later, idempotency).
+//! `[redis]`: the shared store used by rate limiting and idempotency (one connection for
+//! both).
 
 use serde::{Deserialize, Serialize};
 

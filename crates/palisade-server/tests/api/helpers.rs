@@ -100,6 +100,34 @@ pub(crate) fn test_routes() -> Router {
             post(|Json(v): Json<Value>| async move { Json(v) }),
         )
         .route("/items/{id}", get(|| async { "item" }))
+        .route("/runs/{name}", post(count_run))
+}
+
+/// How many times `/runs/{name}` ran, per name, in this test process.
+static RUNS: std::sync::LazyLock<Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Runs of `POST /runs/{name}` so far (use a name unique to the test).
+pub(crate) fn runs(name: &str) -> usize {
+    RUNS.lock().unwrap().get(name).copied().unwrap_or(0)
+}
+
+/// Counts a run, takes a moment (so concurrent duplicates overlap), answers 201.
+async fn count_run(
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: String,
+) -> (http::StatusCode, Json<Value>) {
+    let run = {
+        let mut runs = RUNS.lock().unwrap();
+        let n = runs.entry(name.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (
+        http::StatusCode::CREATED,
+        Json(json!({ "name": name, "run": run, "body": body })),
+    )
 }
 
 fn panic_route() -> &'static str {

@@ -5,6 +5,7 @@ mod context;
 mod errors;
 mod health;
 mod helpers;
+mod idempotency;
 mod rate_limit;
 mod security;
 mod shutdown;
