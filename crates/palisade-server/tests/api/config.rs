@@ -236,3 +236,39 @@ fn a_port_in_use_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot listen on 127.0.0.1:"), "{stderr}");
 }
+
+/// The documentation's full example loads, and every key of every section is documented.
+#[test]
+fn the_documented_full_example_loads_and_every_key_is_documented() {
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    let example = docs
+        .split("## Full example `palisade.toml`")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("a full example block");
+    let opts = crate::helpers::options_with_file(example, &[]);
+    let loaded = palisade_server::config::load(&opts).unwrap();
+    let tree = serde_json::to_value(&loaded.settings).unwrap();
+    for (section, value) in tree.as_object().unwrap() {
+        let Some(keys) = value.as_object() else {
+            assert!(docs.contains(&format!("| `{section}` |")), "top-level `{section}`");
+            continue;
+        };
+        assert!(docs.contains(&format!("## `[{section}]`")), "no section [{section}]");
+        for key in keys.keys() {
+            assert!(
+                docs.contains(&format!("| `{key}` |")) || docs.contains(&format!("| `{key}.")),
+                "`{section}.{key}` is not documented in docs/configuration.md"
+            );
+            assert!(
+                example.contains(&format!("\n{key} ="))
+                    || example.contains(&format!("[{section}.{key}")),
+                "`{section}.{key}` is missing from the full example"
+            );
+        }
+    }
+}
