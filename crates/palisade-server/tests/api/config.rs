@@ -255,10 +255,16 @@ fn the_documented_full_example_loads_and_every_key_is_documented() {
     let tree = serde_json::to_value(&loaded.settings).unwrap();
     for (section, value) in tree.as_object().unwrap() {
         let Some(keys) = value.as_object() else {
-            assert!(docs.contains(&format!("| `{section}` |")), "top-level `{section}`");
+            assert!(
+                docs.contains(&format!("| `{section}` |")),
+                "top-level `{section}`"
+            );
             continue;
         };
-        assert!(docs.contains(&format!("## `[{section}]`")), "no section [{section}]");
+        assert!(
+            docs.contains(&format!("## `[{section}]`")),
+            "no section [{section}]"
+        );
         for key in keys.keys() {
             assert!(
                 docs.contains(&format!("| `{key}` |")) || docs.contains(&format!("| `{key}.")),

@@ -1,6 +1,7 @@
 //! [`IdempotencyLayer`]: reserve, run once, store, replay. See the [module docs](super).
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -163,12 +164,10 @@ where
             return Ok(store_unavailable());
         }
     };
-    let holder = Holder::start(idem.clone(), entry, lease);
+    let mut holder = Holder::new(idem.clone(), entry, lease);
     parts.extensions.insert(key);
-    let res = match inner
-        .call(Request::from_parts(parts, Body::from(body)))
-        .await
-    {
+    let call = inner.call(Request::from_parts(parts, Body::from(body)));
+    let res = match holder.renewing(call).await {
         Ok(res) => res,
         Err(e) => {
             holder.release().await;
@@ -221,6 +220,7 @@ where
         // Streaming: send it as it comes, store it (or only its status, if it grows too
         // large) when it ends.
         None => {
+            holder.spawn_renewal();
             let recording = RecordingBody {
                 inner: body,
                 buf: BytesMut::new(),
@@ -370,44 +370,93 @@ fn store_unavailable() -> Response<Body> {
 }
 
 /// Holds a lease while the request runs: renews it every third of its duration, and
-/// releases it if dropped before completing (timeouts, cancelled requests).
+/// releases it if dropped before completing (timeouts, cancelled requests). While the handler
+/// runs, renewal happens in the request's own task ([`Holder::renewing`]); only a streamed
+/// response, or a completion being retried, gets a renewal task of its own.
 struct Holder {
     idem: Arc<Idempotency>,
     entry: EntryKey,
     lease: Lease,
-    renewal: AbortHandle,
+    renewal: Option<AbortHandle>,
     done: bool,
 }
 
+/// Renews `lease` once; `false` when another request took the key over.
+async fn renew_once(idem: &Idempotency, entry: EntryKey, lease: Lease) -> bool {
+    match idem.store.renew(entry, lease, idem.lease).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!("idempotency lease taken over by another request");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "idempotency lease renewal failed");
+            true
+        }
+    }
+}
+
 impl Holder {
-    fn start(idem: Arc<Idempotency>, entry: EntryKey, lease: Lease) -> Self {
-        let (store, every, lease_for) = (idem.store.clone(), idem.lease / 3, idem.lease);
-        let renewal = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match store.renew(entry, lease, lease_for).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("idempotency lease taken over by another request");
-                        return;
-                    }
-                    Err(error) => tracing::warn!(%error, "idempotency lease renewal failed"),
-                }
-            }
-        })
-        .abort_handle();
+    fn new(idem: Arc<Idempotency>, entry: EntryKey, lease: Lease) -> Self {
         Self {
             idem,
             entry,
             lease,
-            renewal,
+            renewal: None,
             done: false,
+        }
+    }
+
+    /// Runs `fut`, renewing the lease every third of its duration until it finishes: no task,
+    /// and for requests shorter than that, no store call.
+    async fn renewing<F: Future>(&self, fut: F) -> F::Output {
+        let every = self.idem.lease / 3;
+        let mut fut = std::pin::pin!(fut);
+        let mut tick = std::pin::pin!(tokio::time::sleep(every));
+        let mut renewal: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            loop {
+                if let Some(r) = renewal.as_mut() {
+                    ready!(r.as_mut().poll(cx));
+                    renewal = None;
+                    tick.as_mut().reset(tokio::time::Instant::now() + every);
+                }
+                ready!(tick.as_mut().poll(cx));
+                renewal = Some(Box::pin(renew_once(&self.idem, self.entry, self.lease)));
+            }
+        })
+        .await
+    }
+
+    /// Renews the lease from a task of its own (for a streamed response).
+    fn spawn_renewal(&mut self) {
+        if self.renewal.is_some() {
+            return;
+        }
+        let (idem, entry, lease) = (self.idem.clone(), self.entry, self.lease);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(idem.lease / 3).await;
+                if !renew_once(&idem, entry, lease).await {
+                    return;
+                }
+            }
+        });
+        self.renewal = Some(task.abort_handle());
+    }
+
+    fn stop_renewal(&mut self) {
+        if let Some(task) = self.renewal.take() {
+            task.abort();
         }
     }
 
     async fn release(mut self) {
         self.done = true;
-        self.renewal.abort();
+        self.stop_renewal();
         release(&self.idem, self.entry, self.lease).await;
     }
 
@@ -416,14 +465,15 @@ impl Holder {
     async fn complete(mut self, stored: StoredResponse) {
         self.done = true;
         let (idem, entry, lease) = (self.idem.clone(), self.entry, self.lease);
+        let stored = Arc::new(stored);
         match idem
             .store
             .complete(entry, lease, stored.clone(), idem.ttl)
             .await
         {
-            Ok(stored) => {
-                self.renewal.abort();
-                if !stored {
+            Ok(kept) => {
+                self.stop_renewal();
+                if !kept {
                     tracing::warn!(
                         "idempotency key taken over by another request; result not stored"
                     );
@@ -431,7 +481,8 @@ impl Holder {
             }
             Err(error) => {
                 tracing::warn!(%error, "storing an idempotent response failed; retrying");
-                let renewal = self.renewal.clone();
+                self.spawn_renewal();
+                let renewal = self.renewal.take();
                 tokio::spawn(async move {
                     let mut wait = Duration::from_millis(100);
                     for _ in 0..6 {
@@ -448,7 +499,9 @@ impl Holder {
                             }
                         }
                     }
-                    renewal.abort();
+                    if let Some(task) = renewal {
+                        task.abort();
+                    }
                 });
             }
         }
@@ -461,7 +514,7 @@ impl Drop for Holder {
             return;
         }
         // Dropped before an answer: the request was cancelled (timeout, client gone).
-        self.renewal.abort();
+        self.stop_renewal();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (idem, entry, lease) = (self.idem.clone(), self.entry, self.lease);
             rt.spawn(async move { release(&idem, entry, lease).await });

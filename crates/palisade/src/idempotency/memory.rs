@@ -281,10 +281,10 @@ impl IdempotencyStore for MemoryStore {
         &self,
         key: EntryKey,
         lease: Lease,
-        response: StoredResponse,
+        response: Arc<StoredResponse>,
         ttl: Duration,
     ) -> StoreFuture<bool> {
-        let state = State::Done(Arc::new(response));
+        let state = State::Done(response);
         let r = self.replace_if_owner(key, lease, Some(state), ttl);
         Box::pin(std::future::ready(Ok(r)))
     }
@@ -371,7 +371,7 @@ mod tests {
             !futures_util::FutureExt::now_or_never(store.complete(
                 key(1),
                 stale,
-                response("stale"),
+                Arc::new(response("stale")),
                 LONG
             ))
             .unwrap()
@@ -381,7 +381,7 @@ mod tests {
             futures_util::FutureExt::now_or_never(store.complete(
                 key(1),
                 fresh,
-                response("fresh"),
+                Arc::new(response("fresh")),
                 LONG
             ))
             .unwrap()

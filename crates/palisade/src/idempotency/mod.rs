@@ -325,7 +325,8 @@ impl Idempotency {
         match (subject, api_key, ctx.and_then(RequestContext::client_ip)) {
             (Some(s), _, _) => field(b's', s.as_bytes()),
             (None, Some(k), _) => field(b'k', k.as_bytes()),
-            (None, None, Some(ip)) => field(b'i', ip.to_string().as_bytes()),
+            (None, None, Some(std::net::IpAddr::V4(ip))) => field(b'4', &ip.octets()),
+            (None, None, Some(std::net::IpAddr::V6(ip))) => field(b'6', &ip.octets()),
             (None, None, None) => field(b'u', b""),
         }
         field(b'm', parts.method.as_str().as_bytes());

@@ -191,7 +191,7 @@ impl IdempotencyStore for RedisStore {
         &self,
         key: EntryKey,
         lease: Lease,
-        response: StoredResponse,
+        response: Arc<StoredResponse>,
         ttl: Duration,
     ) -> StoreFuture<bool> {
         let value = encode_completed(lease.fingerprint(), &response);

@@ -123,7 +123,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         &self,
         key: EntryKey,
         lease: Lease,
-        response: StoredResponse,
+        response: Arc<StoredResponse>,
         ttl: Duration,
     ) -> StoreFuture<bool>;
 
