@@ -112,8 +112,8 @@ where
         //
         // 8. Idempotency: after everything that rejects (a refused request never reserves a
         //    key), around the handler so a replay never runs it; a timeout above drops the
-        //    request, which releases its key. Auth goes after it once it lands (the subject
-        //    must be known here, see issue 9).
+        //    request, which releases its key. Auth must run before it (and before the rate
+        //    limit) once it lands, so the subject scopes the entries (issue 9).
         .layer(option_layer(idempotency))
         //
         // Innermost. Panics become 500 problems, logged with the request id.
@@ -162,7 +162,13 @@ fn rate_limiter(
             config.on_store_error,
             config.max_keys,
         )?),
-        _ => Arc::new(MemoryStore::with_max_keys(config.max_keys)),
+        (StoreKind::Redis, None) => {
+            return Err(palisade::error::ConfigError::new(
+                "store",
+                "\"redis\" needs a Redis connection",
+            ));
+        }
+        (StoreKind::Memory, _) => Arc::new(MemoryStore::with_max_keys(config.max_keys)),
     };
     Ok(Some(Arc::new(
         RateLimiter::new(config, store)?.exempt(exempt.clone()),
@@ -185,7 +191,13 @@ fn idempotency(
             &config.redis_prefix,
             config.store_timeout.get(),
         )?),
-        _ => Arc::new(idempotency::MemoryStore::new(
+        (StoreKind::Redis, None) => {
+            return Err(palisade::error::ConfigError::new(
+                "store",
+                "\"redis\" needs a Redis connection",
+            ));
+        }
+        (StoreKind::Memory, _) => Arc::new(idempotency::MemoryStore::new(
             config.max_entries,
             config.max_memory_bytes,
         )),

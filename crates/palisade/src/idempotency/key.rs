@@ -130,21 +130,11 @@ where
     P: AsRef<[u8]>,
 {
     let mut h = Sha256::new();
-    let mut feed = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    };
-    feed(operation.as_bytes());
+    super::hash_field(&mut h, operation.as_bytes());
     for p in parts {
-        feed(p.as_ref());
+        super::hash_field(&mut h, p.as_ref());
     }
-    let digest = h.finalize();
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        use fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    super::hex(&h.finalize())
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    EntryKey, Fingerprinter, Idempotency, IdempotencyKey, Lease, Mode, Reservation, StoredResponse,
+    EntryKey, Fingerprinter, Idempotency, IdempotencyKey, KeyError, Lease, Mode, Reservation,
+    StoredResponse,
 };
 use crate::{future::RejectOr, problem::Problem};
 
@@ -96,23 +97,21 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mode = self
-            .idempotency
-            .mode(self.fixed, req.method(), req.uri().path());
+        // An outer idempotency layer already handles this request (a per-route layer inside
+        // the router-wide one): it holds the key; running it again would meet its own lease.
+        let mode = if req.extensions().get::<IdempotencyKey>().is_some() {
+            None
+        } else {
+            self.idempotency
+                .mode(self.fixed, req.method(), req.uri().path())
+        };
         let key = match mode {
             None => None,
             Some(mode) => match (IdempotencyKey::from_headers(req.headers()), mode) {
                 (Ok(Some(key)), _) => Some(key),
                 (Ok(None), Mode::Optional) => None,
                 (Ok(None), Mode::Required) => return RejectOr::reject(missing_key()),
-                (Err(e), _) => {
-                    return RejectOr::reject(
-                        Problem::new(StatusCode::BAD_REQUEST)
-                            .with_title("Invalid Idempotency-Key")
-                            .with_detail(e.to_string())
-                            .into_response(),
-                    );
-                }
+                (Err(e), _) => return RejectOr::reject(invalid_key(e)),
             },
         };
         let Some(key) = key else {
@@ -149,22 +148,33 @@ where
         parts.headers.get(header::CONTENT_TYPE),
     );
     fp.update(&body);
-    let entry = idem.entry_key(&parts, &key);
-    let lease = match idem
-        .store
-        .reserve(entry, Lease::new(fp.finish()), idem.lease)
-        .await
-    {
-        Ok(Reservation::Acquired(lease)) => lease,
-        Ok(Reservation::Completed(stored)) => return Ok(replay(&stored)),
-        Ok(Reservation::InFlight) => return Ok(in_flight()),
-        Ok(Reservation::Mismatch) => return Ok(mismatch()),
+    let Some(entry) = idem.entry_key(&parts, &key) else {
+        tracing::error!(
+            "idempotency key without a client identity: RequestContextLayer must run before IdempotencyLayer"
+        );
+        return Ok(Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+            .with_detail("Idempotency keys cannot be scoped to a client here.")
+            .into_response());
+    };
+    let lease = Lease::new(fp.finish());
+    // From here this request may hold the lease (a reservation that timed out may still
+    // have been written): dropping the holder releases it, owner-checked.
+    let mut holder = Holder::new(idem.clone(), entry, lease);
+    match idem.store.reserve(entry, lease, idem.lease).await {
+        Ok(Reservation::Acquired(_)) => {}
+        Ok(other) => {
+            holder.done = true; // never ours
+            return Ok(match other {
+                Reservation::Completed(stored) => replay(&stored),
+                Reservation::Mismatch => mismatch(),
+                _ => in_flight(),
+            });
+        }
         Err(error) => {
             tracing::warn!(%error, "idempotency store unavailable; request refused");
             return Ok(store_unavailable());
         }
-    };
-    let mut holder = Holder::new(idem.clone(), entry, lease);
+    }
     parts.extensions.insert(key);
     let call = inner.call(Request::from_parts(parts, Body::from(body)));
     let res = match holder.renewing(call).await {
@@ -178,9 +188,19 @@ where
         holder.release().await;
         return Ok(res);
     }
+    // The handler has answered: storing the answer must not depend on this future being
+    // polled to the end (a timeout or a client going away now must not free the key).
+    match tokio::spawn(store_response(holder, res)).await {
+        Ok(res) => Ok(res),
+        Err(_) => Ok(Problem::new(StatusCode::INTERNAL_SERVER_ERROR).into_response()),
+    }
+}
+
+/// Stores a storable response, then hands it on.
+async fn store_response(mut holder: Holder, res: Response<Body>) -> Response<Body> {
     let (parts, body) = res.into_parts();
     let headers = replayable_headers(&parts.headers);
-    let limit = idem.max_response_bytes as u64;
+    let limit = holder.idem.max_response_bytes;
     let size = if body.is_end_stream() {
         Some(0)
     } else {
@@ -188,32 +208,38 @@ where
     };
     match size {
         // Known and too large to keep: record that it completed, then send it.
-        Some(n) if n > limit => {
+        Some(n) if n > limit as u64 => {
             let stored = StoredResponse {
                 status: parts.status,
                 headers,
                 body: None,
             };
             holder.complete(stored).await;
-            Ok(Response::from_parts(parts, body))
+            Response::from_parts(parts, body)
         }
-        // A body of known, storable size (JSON, bytes): read it and store it before
-        // answering, so an immediate retry is already a replay.
+        // A body of known, storable size (JSON, bytes): read it (within the limit, renewing
+        // the lease if it is slow) and store it before answering, so an immediate retry is
+        // already a replay.
         Some(_) => {
-            let collected = body.collect().await.map(|c| c.to_bytes());
-            let stored = StoredResponse {
-                status: parts.status,
-                headers,
-                body: collected.as_ref().ok().cloned(),
-            };
-            holder.complete(stored).await;
-            match collected {
-                Ok(bytes) => Ok(Response::from_parts(parts, Body::from(bytes))),
+            let collect = Limited::new(body, limit).collect();
+            match holder.renewing(collect).await {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    let stored = StoredResponse {
+                        status: parts.status,
+                        headers,
+                        body: Some(bytes.clone()),
+                    };
+                    holder.complete(stored).await;
+                    Response::from_parts(parts, Body::from(bytes))
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "response body failed; stored as not replayable");
-                    Ok(Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+                    // A failed body is a failed response: like a 5xx, the key is freed.
+                    tracing::warn!(%error, "response body failed; idempotency key released");
+                    holder.release().await;
+                    Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
                         .with_detail("The response body failed.")
-                        .into_response())
+                        .into_response()
                 }
             }
         }
@@ -221,18 +247,23 @@ where
         // large) when it ends.
         None => {
             holder.spawn_renewal();
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let recording = RecordingBody {
                 inner: body,
                 buf: BytesMut::new(),
-                limit: idem.max_response_bytes,
+                limit,
                 kept: true,
+                left: declared,
                 finish: Finish {
                     holder: Some(holder),
                     status: parts.status,
                     headers,
                 },
             };
-            Ok(Response::from_parts(parts, Body::new(recording)))
+            Response::from_parts(parts, Body::new(recording))
         }
     }
 }
@@ -335,6 +366,13 @@ fn replay(stored: &StoredResponse) -> Response<Body> {
     res
 }
 
+fn invalid_key(e: KeyError) -> Response<Body> {
+    Problem::new(StatusCode::BAD_REQUEST)
+        .with_title("Invalid Idempotency-Key")
+        .with_detail(e.to_string())
+        .into_response()
+}
+
 fn missing_key() -> Response<Body> {
     Problem::new(StatusCode::BAD_REQUEST)
         .with_title("Idempotency-Key is missing")
@@ -386,7 +424,7 @@ async fn renew_once(idem: &Idempotency, entry: EntryKey, lease: Lease) -> bool {
     match idem.store.renew(entry, lease, idem.lease).await {
         Ok(true) => true,
         Ok(false) => {
-            tracing::warn!("idempotency lease taken over by another request");
+            tracing::warn!("idempotency lease lost (expired or taken over); no longer renewed");
             false
         }
         Err(error) => {
@@ -414,19 +452,22 @@ impl Holder {
         let mut fut = std::pin::pin!(fut);
         let mut tick = std::pin::pin!(tokio::time::sleep(every));
         let mut renewal: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
+        let mut lost = false;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(out);
             }
-            loop {
+            while !lost {
                 if let Some(r) = renewal.as_mut() {
-                    ready!(r.as_mut().poll(cx));
+                    lost = !ready!(r.as_mut().poll(cx));
                     renewal = None;
                     tick.as_mut().reset(tokio::time::Instant::now() + every);
+                    continue;
                 }
                 ready!(tick.as_mut().poll(cx));
                 renewal = Some(Box::pin(renew_once(&self.idem, self.entry, self.lease)));
             }
+            Poll::Pending
         })
         .await
     }
@@ -454,10 +495,12 @@ impl Holder {
         }
     }
 
+    /// Frees the key so a retry runs. Finishes even if the caller's future is dropped.
     async fn release(mut self) {
         self.done = true;
         self.stop_renewal();
-        release(&self.idem, self.entry, self.lease).await;
+        let (idem, entry, lease) = (self.idem.clone(), self.entry, self.lease);
+        let _ = tokio::spawn(async move { release(&idem, entry, lease).await }).await;
     }
 
     /// Stores the result. A store error is retried in the background (the lease is still
@@ -566,6 +609,9 @@ pin_project! {
         buf: BytesMut,
         limit: usize,
         kept: bool,
+        // Bytes still to come when the response declared a `Content-Length`: servers stop
+        // polling once that many were sent.
+        left: Option<u64>,
         finish: Finish,
     }
 }
@@ -593,8 +639,12 @@ where
                         *this.buf = BytesMut::new();
                     }
                 }
-                // Servers stop polling once the body says it has ended.
-                if this.inner.is_end_stream() {
+                if let (Some(left), Some(data)) = (this.left.as_mut(), f.data_ref()) {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                // Servers stop polling once the body says it has ended, or once the declared
+                // length was sent.
+                if this.inner.is_end_stream() || *this.left == Some(0) {
                     let body = this.kept.then(|| std::mem::take(this.buf).freeze());
                     this.finish.finish(body);
                 }
@@ -629,10 +679,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         match IdempotencyKey::from_headers(&parts.headers) {
             Ok(Some(key)) => Ok(key),
             Ok(None) => Err(missing_key()),
-            Err(e) => Err(Problem::new(StatusCode::BAD_REQUEST)
-                .with_title("Invalid Idempotency-Key")
-                .with_detail(e.to_string())
-                .into_response()),
+            Err(e) => Err(invalid_key(e)),
         }
     }
 }

@@ -17,7 +17,9 @@ use std::{
 
 use super::{
     Fingerprint,
-    store::{EntryKey, IdempotencyStore, Lease, Reservation, StoreFuture, StoredResponse},
+    store::{
+        EntryKey, IdempotencyStore, Lease, Reservation, StoreError, StoreFuture, StoredResponse,
+    },
 };
 
 /// Default `max_entries`.
@@ -121,8 +123,15 @@ impl Shard {
         None
     }
 
-    /// Writes `entry` into the current generation, rotating first when due.
-    fn put(&mut self, key: EntryKey, entry: Entry, lifetime: Duration, caps: (usize, usize)) {
+    /// Writes `entry` into the current generation, rotating first when due. `false` (nothing
+    /// written) when a new lease would not fit: the shard holds only running requests.
+    fn put(
+        &mut self,
+        key: EntryKey,
+        entry: Entry,
+        lifetime: Duration,
+        caps: (usize, usize),
+    ) -> bool {
         self.old.remove(&key);
         self.current.remove(&key);
         self.horizon = self.horizon.max(lifetime);
@@ -131,7 +140,11 @@ impl Shard {
         if full || now.duration_since(self.rotated) >= self.horizon {
             self.rotate(now);
         }
+        if matches!(entry.state, State::Leased(_)) && self.current.entries.len() >= caps.0 {
+            return false;
+        }
         self.current.insert(key, entry);
+        true
     }
 
     /// The current generation becomes the old one; running requests' leases are kept.
@@ -157,7 +170,8 @@ impl MemoryStore {
     /// most.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (parallelism * 4).next_power_of_two().clamp(8, 256);
+        // Few shards: each must hold several of the largest responses within its share.
+        let shards = (parallelism * 2).next_power_of_two().clamp(4, 32);
         Self {
             shards: (0..shards).map(|_| Padded::default()).collect(),
             mask: shards - 1,
@@ -200,20 +214,28 @@ impl MemoryStore {
         f(&mut g, (self.entry_cap, self.byte_cap))
     }
 
-    /// [`IdempotencyStore::reserve`], synchronously.
-    pub fn reserve_now(&self, key: EntryKey, lease: Lease, lease_for: Duration) -> Reservation {
+    /// [`IdempotencyStore::reserve`], synchronously. Fails when the key's shard is full of
+    /// running requests (more than about `max_entries / 2` at once).
+    pub fn reserve_now(
+        &self,
+        key: EntryKey,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> Result<Reservation, StoreError> {
         let now = Instant::now();
         self.with_shard(&key, |shard, caps| {
             match shard.live(&key, now) {
-                Some(e) if e.fingerprint != *lease.fingerprint() => return Reservation::Mismatch,
+                Some(e) if e.fingerprint != *lease.fingerprint() => {
+                    return Ok(Reservation::Mismatch);
+                }
                 Some(Entry {
                     state: State::Leased(_),
                     ..
-                }) => return Reservation::InFlight,
+                }) => return Ok(Reservation::InFlight),
                 Some(Entry {
                     state: State::Done(r),
                     ..
-                }) => return Reservation::Completed(r.clone()),
+                }) => return Ok(Reservation::Completed(r.clone())),
                 None => {}
             }
             let entry = Entry {
@@ -221,43 +243,52 @@ impl MemoryStore {
                 state: State::Leased(lease.owner()),
                 expires: now + lease_for,
             };
-            shard.put(key, entry, lease_for, caps);
-            Reservation::Acquired(lease)
+            if shard.put(key, entry, lease_for, caps) {
+                Ok(Reservation::Acquired(lease))
+            } else {
+                Err(StoreError(
+                    "idempotency store: too many requests in flight".into(),
+                ))
+            }
         })
     }
 
-    /// Writes `state` if `lease` holds the entry or the entry has vanished.
-    fn replace_if_owner(
-        &self,
-        key: EntryKey,
-        lease: Lease,
-        state: Option<State>,
-        for_: Duration,
-    ) -> bool {
+    /// Applies `op` if `lease` holds the entry — or, for `Op::Complete` and `Op::Release`, if
+    /// the entry has vanished (an expired lease nobody else took).
+    fn if_owner(&self, key: EntryKey, lease: Lease, op: Op) -> bool {
         let now = Instant::now();
         self.with_shard(&key, |shard, caps| {
-            if let Some(e) = shard.live(&key, now) {
-                if !e.held_by(&lease) {
-                    return false;
-                }
+            match shard.live(&key, now) {
+                Some(e) if !e.held_by(&lease) => return false,
+                None if matches!(op, Op::Renew(_)) => return false,
+                _ => {}
             }
-            match state {
-                Some(state) => {
-                    let entry = Entry {
-                        fingerprint: *lease.fingerprint(),
-                        state,
-                        expires: now + for_,
-                    };
-                    shard.put(key, entry, for_, caps);
-                }
-                None => {
+            let (state, for_) = match op {
+                Op::Renew(for_) => (State::Leased(lease.owner()), for_),
+                Op::Complete(response, ttl) => (State::Done(response), ttl),
+                Op::Release => {
                     shard.current.remove(&key);
                     shard.old.remove(&key);
+                    return true;
                 }
-            }
+            };
+            let entry = Entry {
+                fingerprint: *lease.fingerprint(),
+                state,
+                expires: now + for_,
+            };
+            // A completed entry always fits; a renewed lease replaces itself.
+            shard.put(key, entry, for_, caps);
             true
         })
     }
+}
+
+/// What [`MemoryStore::if_owner`] does.
+enum Op {
+    Renew(Duration),
+    Complete(Arc<StoredResponse>, Duration),
+    Release,
 }
 
 impl IdempotencyStore for MemoryStore {
@@ -267,13 +298,11 @@ impl IdempotencyStore for MemoryStore {
         lease: Lease,
         lease_for: Duration,
     ) -> StoreFuture<Reservation> {
-        let r = self.reserve_now(key, lease, lease_for);
-        Box::pin(std::future::ready(Ok(r)))
+        Box::pin(std::future::ready(self.reserve_now(key, lease, lease_for)))
     }
 
     fn renew(&self, key: EntryKey, lease: Lease, lease_for: Duration) -> StoreFuture<bool> {
-        let state = State::Leased(lease.owner());
-        let r = self.replace_if_owner(key, lease, Some(state), lease_for);
+        let r = self.if_owner(key, lease, Op::Renew(lease_for));
         Box::pin(std::future::ready(Ok(r)))
     }
 
@@ -284,13 +313,12 @@ impl IdempotencyStore for MemoryStore {
         response: Arc<StoredResponse>,
         ttl: Duration,
     ) -> StoreFuture<bool> {
-        let state = State::Done(response);
-        let r = self.replace_if_owner(key, lease, Some(state), ttl);
+        let r = self.if_owner(key, lease, Op::Complete(response, ttl));
         Box::pin(std::future::ready(Ok(r)))
     }
 
     fn release(&self, key: EntryKey, lease: Lease) -> StoreFuture<bool> {
-        let r = self.replace_if_owner(key, lease, None, Duration::ZERO);
+        let r = self.if_owner(key, lease, Op::Release);
         Box::pin(std::future::ready(Ok(r)))
     }
 }
@@ -309,11 +337,25 @@ mod tests {
         EntryKey(k)
     }
 
-    fn response(body: &str) -> StoredResponse {
-        StoredResponse {
-            status: StatusCode::CREATED,
-            headers: Vec::new(),
-            body: Some(Bytes::copy_from_slice(body.as_bytes())),
+    fn done(body: &str) -> Op {
+        Op::Complete(
+            Arc::new(StoredResponse {
+                status: StatusCode::CREATED,
+                headers: Vec::new(),
+                body: Some(Bytes::copy_from_slice(body.as_bytes())),
+            }),
+            LONG,
+        )
+    }
+
+    fn reserve(store: &MemoryStore, n: u64, lease: Lease, for_: Duration) -> Reservation {
+        store.reserve_now(key(n), lease, for_).unwrap()
+    }
+
+    fn replayed_body(store: &MemoryStore, n: u64, fp: Fingerprint) -> Bytes {
+        match reserve(store, n, Lease::new(fp), LONG) {
+            Reservation::Completed(r) => r.body.clone().unwrap(),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -325,34 +367,23 @@ mod tests {
         let fp = Fingerprint([1; 32]);
         let lease = Lease::new(fp);
         assert!(matches!(
-            store.reserve_now(key(1), lease, LONG),
+            reserve(&store, 1, lease, LONG),
             Reservation::Acquired(_)
         ));
         assert!(matches!(
-            store.reserve_now(key(1), Lease::new(fp), LONG),
+            reserve(&store, 1, Lease::new(fp), LONG),
             Reservation::InFlight
         ));
         assert!(matches!(
-            store.reserve_now(key(1), Lease::new(Fingerprint([2; 32])), LONG),
+            reserve(&store, 1, Lease::new(Fingerprint([2; 32])), LONG),
             Reservation::Mismatch
         ));
-        // Only the owner completes.
-        assert!(!store.replace_if_owner(
-            key(1),
-            Lease::new(fp),
-            Some(State::Done(Arc::new(response("x")))),
-            LONG
-        ));
-        assert!(store.replace_if_owner(
-            key(1),
-            lease,
-            Some(State::Done(Arc::new(response("ok")))),
-            LONG
-        ));
-        match store.reserve_now(key(1), Lease::new(fp), LONG) {
-            Reservation::Completed(r) => assert_eq!(r.body.as_deref(), Some(&b"ok"[..])),
-            other => panic!("{other:?}"),
-        }
+        // Only the owner renews and completes.
+        assert!(!store.if_owner(key(1), Lease::new(fp), Op::Renew(LONG)));
+        assert!(!store.if_owner(key(1), Lease::new(fp), done("x")));
+        assert!(store.if_owner(key(1), lease, Op::Renew(LONG)));
+        assert!(store.if_owner(key(1), lease, done("ok")));
+        assert_eq!(replayed_body(&store, 1, fp), "ok");
     }
 
     #[test]
@@ -360,67 +391,35 @@ mod tests {
         let store = MemoryStore::default();
         let fp = Fingerprint([1; 32]);
         let stale = Lease::new(fp);
-        store.reserve_now(key(1), stale, Duration::from_millis(20));
+        reserve(&store, 1, stale, Duration::from_millis(20));
         std::thread::sleep(Duration::from_millis(30));
+        // A vanished lease is not renewed back to life.
+        assert!(!store.if_owner(key(1), stale, Op::Renew(LONG)));
         let fresh = Lease::new(fp);
         assert!(matches!(
-            store.reserve_now(key(1), fresh, LONG),
+            reserve(&store, 1, fresh, LONG),
             Reservation::Acquired(_)
         ));
-        assert!(
-            !futures_util::FutureExt::now_or_never(store.complete(
-                key(1),
-                stale,
-                Arc::new(response("stale")),
-                LONG
-            ))
-            .unwrap()
-            .unwrap()
-        );
-        assert!(
-            futures_util::FutureExt::now_or_never(store.complete(
-                key(1),
-                fresh,
-                Arc::new(response("fresh")),
-                LONG
-            ))
-            .unwrap()
-            .unwrap()
-        );
-        assert!(
-            !futures_util::FutureExt::now_or_never(store.release(key(1), stale))
-                .unwrap()
-                .unwrap()
-        );
-        match store.reserve_now(key(1), Lease::new(fp), LONG) {
-            Reservation::Completed(r) => assert_eq!(r.body.as_deref(), Some(&b"fresh"[..])),
-            other => panic!("{other:?}"),
-        }
+        assert!(!store.if_owner(key(1), stale, done("stale")));
+        assert!(store.if_owner(key(1), fresh, done("fresh")));
+        assert!(!store.if_owner(key(1), stale, Op::Release));
+        assert_eq!(replayed_body(&store, 1, fp), "fresh");
     }
 
     #[test]
     fn bounded_by_entries_and_bytes_and_running_leases_survive() {
         let store = MemoryStore::new(1_000, 1 << 30);
         let fp = Fingerprint([1; 32]);
-        let running = Lease::new(fp);
-        store.reserve_now(key(0), running, LONG);
+        reserve(&store, 0, Lease::new(fp), LONG);
         for n in 1..100_000 {
             let lease = Lease::new(fp);
-            store.reserve_now(key(n), lease, LONG);
-            store.replace_if_owner(
-                key(n),
-                lease,
-                Some(State::Done(Arc::new(response("r")))),
-                LONG,
-            );
+            reserve(&store, n, lease, LONG);
+            store.if_owner(key(n), lease, done("r"));
         }
-        assert!(
-            store.len() <= 1_000 + store.shards.len() * 8,
-            "{}",
-            store.len()
-        );
+        let cap = 2 * store.shards.len() * (store.entry_cap + 1);
+        assert!(store.len() <= cap, "{} > {cap}", store.len());
         assert!(matches!(
-            store.reserve_now(key(0), Lease::new(fp), LONG),
+            reserve(&store, 0, Lease::new(fp), LONG),
             Reservation::InFlight
         ));
 
@@ -428,18 +427,30 @@ mod tests {
         let store = MemoryStore::new(1 << 20, 8 << 20);
         for n in 0..1_000 {
             let lease = Lease::new(fp);
-            store.reserve_now(key(n), lease, LONG);
-            store.replace_if_owner(
-                key(n),
-                lease,
-                Some(State::Done(Arc::new(response(&big)))),
-                LONG,
-            );
+            reserve(&store, n, lease, LONG);
+            store.if_owner(key(n), lease, done(&big));
         }
-        assert!(
-            store.bytes() <= (8 << 20) + store.shards.len() * (64 << 10) * 2,
-            "{}",
-            store.bytes()
-        );
+        let cap = (8 << 20) + store.shards.len() * 2 * (big.len() + 256);
+        assert!(store.bytes() <= cap, "{} > {cap}", store.bytes());
+    }
+
+    #[test]
+    fn a_shard_full_of_running_requests_refuses_new_leases() {
+        let store = MemoryStore::new(64, 1 << 30);
+        let fp = Fingerprint([1; 32]);
+        let refused = (0..10_000)
+            .filter(|n| store.reserve_now(key(*n), Lease::new(fp), LONG).is_err())
+            .count();
+        assert!(refused > 0);
+        // Every lease it did grant is still held.
+        let held = (0..10_000)
+            .filter(|n| {
+                matches!(
+                    store.reserve_now(key(*n), Lease::new(fp), LONG),
+                    Ok(Reservation::InFlight)
+                )
+            })
+            .count();
+        assert_eq!(held, 10_000 - refused);
     }
 }

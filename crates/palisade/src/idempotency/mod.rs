@@ -13,7 +13,9 @@
 //!    request's [`Fingerprint`]: method, path, query, content type and body.
 //! 3. The scope: client identity (authenticated subject, else the API key header, else the
 //!    client IP), method, path and key, hashed into an [`EntryKey`]. Two clients never see
-//!    each other's entries; the same key on another path is another entry.
+//!    each other's entries; the same key on another path is another entry. A request with
+//!    no identity at all (no [`RequestContextLayer`](crate::context::RequestContextLayer)
+//!    outside this layer, no API key) is a 500 problem: it could not be scoped.
 //! 4. An atomic reservation in the [`IdempotencyStore`]:
 //!    - first request: it takes a *lease* (renewed every third of its duration while the
 //!      request runs; if the instance dies the lease expires and the key is usable again)
@@ -39,9 +41,15 @@
 //! If the store cannot answer (Redis down), the request is refused with 503 and
 //! `Retry-After: 1`: running it without the guarantee could run it twice.
 //!
+//! Cancellation. Until the handler answers, dropping the request (a timeout) releases the
+//! key. Once it has answered, storing the answer runs in a task of its own, so it completes
+//! even if the request is dropped meanwhile. A per-route layer inside a router-wide one
+//! steps aside for requests the outer one already handles.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use axum::{Router, routing::post};
+//! use palisade::context::{RequestContextConfig, RequestContextLayer};
 //! use palisade::idempotency::{
 //!     Idempotency, IdempotencyConfig, IdempotencyKey, IdempotencyLayer, MemoryStore,
 //! };
@@ -57,7 +65,9 @@
 //!     .route("/payments", post(|key: IdempotencyKey| async move { format!("paid {key}") })
 //!         .layer(IdempotencyLayer::required(idempotency.clone())))
 //!     // Everywhere else, POST and PATCH honour a key when the client sends one.
-//!     .layer(IdempotencyLayer::new(idempotency));
+//!     .layer(IdempotencyLayer::new(idempotency))
+//!     // The client identity that scopes entries (outermost).
+//!     .layer(RequestContextLayer::new(&RequestContextConfig::default()));
 //! # let _ = app; Ok(()) }
 //! ```
 //!
@@ -92,6 +102,23 @@ pub use memory::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryStore};
 pub use store::{
     EntryKey, IdempotencyStore, Lease, Reservation, StoreError, StoreFuture, StoredResponse,
 };
+
+/// Feeds one length-prefixed field to a SHA-256: no two field lists hash alike.
+pub(crate) fn hash_field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
 
 /// One `[[idempotency.routes]]` entry. Rules are tried in order; the first match wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,8 +267,22 @@ impl Idempotency {
         if lease < Duration::from_millis(100) {
             return Err(ConfigError::new("lease", "must be at least 100ms"));
         }
-        if ttl < lease {
-            return Err(ConfigError::new("ttl", "must be at least the lease"));
+        if lease > Duration::from_secs(3600) {
+            return Err(ConfigError::new("lease", "must be at most 1h"));
+        }
+        if ttl < lease || ttl > Duration::from_secs(366 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "ttl",
+                "must be at least the lease and at most 366d",
+            ));
+        }
+        if config.store == StoreKind::Redis && config.store_timeout.get() * 3 > lease {
+            // A lease is renewed every third of its duration; a renewal that waits the whole
+            // store timeout must still land before the lease runs out.
+            return Err(ConfigError::new(
+                "lease",
+                "must be at least three times store_timeout",
+            ));
         }
         for (name, v) in [
             ("max_request_bytes", config.max_request_bytes),
@@ -310,14 +351,14 @@ impl Idempotency {
     }
 
     /// The entry for this request and key: SHA-256 over the client identity, method, path
-    /// and key, each length-prefixed.
-    pub(crate) fn entry_key(&self, parts: &Parts, key: &IdempotencyKey) -> EntryKey {
+    /// and key, each length-prefixed. `None` when the request has no identity at all (no
+    /// subject, API key or client IP: the request context layer is missing).
+    pub(crate) fn entry_key(&self, parts: &Parts, key: &IdempotencyKey) -> Option<EntryKey> {
         let ctx = parts.extensions.get::<RequestContext>();
         let mut h = Sha256::new();
         let mut field = |tag: u8, bytes: &[u8]| {
             h.update([tag]);
-            h.update((bytes.len() as u64).to_be_bytes());
-            h.update(bytes);
+            hash_field(&mut h, bytes);
         };
         field(0, b"palisade-idempotency-v1");
         let subject = ctx.and_then(RequestContext::subject);
@@ -327,11 +368,11 @@ impl Idempotency {
             (None, Some(k), _) => field(b'k', k.as_bytes()),
             (None, None, Some(std::net::IpAddr::V4(ip))) => field(b'4', &ip.octets()),
             (None, None, Some(std::net::IpAddr::V6(ip))) => field(b'6', &ip.octets()),
-            (None, None, None) => field(b'u', b""),
+            (None, None, None) => return None,
         }
         field(b'm', parts.method.as_str().as_bytes());
         field(b'p', parts.uri.path().as_bytes());
         field(b'k', key.as_str().as_bytes());
-        EntryKey(h.finalize().into())
+        Some(EntryKey(h.finalize().into()))
     }
 }

@@ -299,7 +299,9 @@ pub(crate) fn decode_completed(bytes: &[u8]) -> Option<(Fingerprint, StoredRespo
 
 /// Every operation, atomically. ARGV: op, lease value, milliseconds, [completed value].
 /// Reserve answers 0 (acquired), 1 (fingerprint mismatch), 2 (in flight) or the completed
-/// value; the others answer 1 (done) or 0 (another owner holds the entry).
+/// value; the others answer 1 (done) or 0 (another owner holds the entry). Renew needs the
+/// caller's own live lease; complete and release also act on a vanished entry (an expired
+/// lease nobody else took).
 const SCRIPT: &str = r"
 local v = redis.call('GET', KEYS[1])
 local op = ARGV[1]
@@ -312,11 +314,14 @@ if op == 'r' then
   if string.sub(v, 1, 1) == 'L' then return 2 end
   return v
 end
+if op == 'e' then
+  if v ~= ARGV[2] then return 0 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
 if v and v ~= ARGV[2] then return 0 end
 if op == 'c' then
   redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
-elseif op == 'e' then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 elseif v then
   redis.call('DEL', KEYS[1])
 end

@@ -23,11 +23,7 @@ impl fmt::Debug for EntryKey {
 impl EntryKey {
     /// Lower-case hex, 64 characters: the Redis key suffix.
     pub fn hex(&self) -> String {
-        use fmt::Write as _;
-        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        super::hex(&self.0)
     }
 }
 
@@ -105,8 +101,9 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 /// An entry is either a *lease* (a request holds it while it runs; it expires after the
 /// lease duration unless renewed, so a dead instance frees its keys) or a *completed
 /// response* (kept for the TTL). Completion, renewal and release succeed only for the lease
-/// holder, or when the entry has vanished (an expired lease nobody else took): a stale
-/// owner never overwrites a newer owner's lease or result.
+/// holder; completion and release also when the entry has vanished (an expired lease nobody
+/// else took). A stale owner never overwrites a newer owner's lease or result, and a lost
+/// lease is never renewed back to life.
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// No live entry: store `lease` for `lease_for`, answer [`Reservation::Acquired`]. An
     /// entry whose fingerprint differs: [`Reservation::Mismatch`]. Otherwise the entry's
@@ -114,7 +111,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn reserve(&self, key: EntryKey, lease: Lease, lease_for: Duration)
     -> StoreFuture<Reservation>;
 
-    /// Extends the lease to `lease_for` from now. `false`: another owner holds the entry.
+    /// Extends the caller's live lease to `lease_for` from now. `false`: the lease is gone
+    /// (expired, released, or another owner holds the entry).
     fn renew(&self, key: EntryKey, lease: Lease, lease_for: Duration) -> StoreFuture<bool>;
 
     /// Replaces the lease with `response`, kept for `ttl`. `false`: another owner holds the

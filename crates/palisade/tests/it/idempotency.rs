@@ -80,7 +80,43 @@ fn app(config: &IdempotencyConfig, store: Arc<dyn IdempotencyStore>) -> App {
         }
     };
     let router = Router::new()
-        .route("/orders", routing::post(created.clone()))
+        .route(
+            "/orders",
+            routing::post(created.clone()).patch(created.clone()),
+        )
+        // A per-route layer inside the router-wide one: the route requires a key.
+        .route(
+            "/nested",
+            routing::post(created.clone()).layer(IdempotencyLayer::required(idem.clone())),
+        )
+        .route(
+            "/status/{code}",
+            routing::post({
+                let count = count.clone();
+                move |axum::extract::Path(code): axum::extract::Path<u16>| {
+                    let n = count();
+                    async move { (StatusCode::from_u16(code).unwrap(), format!("run {n}")) }
+                }
+            }),
+        )
+        .route(
+            "/stream-with-length",
+            routing::post({
+                let count = count.clone();
+                move || {
+                    let n = count();
+                    let text = format!("streamed run {n}");
+                    let len = text.len();
+                    let chunks = vec![Ok::<_, Infallible>(Bytes::from(text))];
+                    async move {
+                        Response::builder()
+                            .header("content-length", len)
+                            .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                            .unwrap()
+                    }
+                }
+            }),
+        )
         .route("/required", routing::post(created))
         .route(
             "/key",
@@ -358,7 +394,13 @@ async fn a_running_request_keeps_its_key_past_the_lease_by_renewing_it() {
         async move { post(&app, "/slow", ALICE, Some("r"), "").await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await; // over three lease durations
-    let dup = post(&app, "/slow", ALICE, Some("r"), "").await;
+    // (If renewal were broken, the duplicate would take the key and wait at the gate.)
+    let dup = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(&app, "/slow", ALICE, Some("r"), ""),
+    )
+    .await
+    .expect("the duplicate ran instead of being refused");
     assert_eq!(dup.status, StatusCode::CONFLICT);
     app.gate.add_permits(1);
     let first = running.await.unwrap();
@@ -476,6 +518,97 @@ fn config_errors_name_the_key() {
         err(config(|c| c.routes[0].exempt = true)),
         "routes[0].exempt"
     );
+}
+
+#[tokio::test]
+async fn a_per_route_layer_inside_the_router_wide_one_requires_a_key_and_runs_once() {
+    let app = memory_app(|_| {});
+    let missing = post(&app, "/nested", ALICE, None, "{}").await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(missing.json()["title"], "Idempotency-Key is missing");
+    let first = post(&app, "/nested", ALICE, Some("n"), "{}").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = post(&app, "/nested", ALICE, Some("n"), "{}").await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn client_errors_are_stored_but_timing_dependent_ones_and_patch_too() {
+    let app = memory_app(|_| {});
+    // A 422 from the handler is its answer to this payload: replayed.
+    let first = post(&app, "/status/422", ALICE, Some("e"), "").await;
+    assert_eq!(first.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let again = post(&app, "/status/422", ALICE, Some("e"), "").await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
+    // 408, 409, 425 and 429 depend on the moment, 3xx is not an answer: each retry runs.
+    for code in [408, 409, 425, 429, 303] {
+        let path = format!("/status/{code}");
+        let a = post(&app, &path, ALICE, Some("t"), "").await;
+        let b = post(&app, &path, ALICE, Some("t"), "").await;
+        assert_eq!(a.status.as_u16(), code);
+        assert!(!b.replayed(), "{code}");
+        assert_ne!(a.body, b.body, "{code}");
+    }
+    assert_eq!(app.calls.load(Ordering::SeqCst), 11);
+    // PATCH is handled like POST (default methods).
+    let mut req = post_req("/orders", ALICE, Some("p"), "{}");
+    *req.method_mut() = http::Method::PATCH;
+    let first = send(&app, req).await;
+    let mut req = post_req("/orders", ALICE, Some("p"), "{}");
+    *req.method_mut() = http::Method::PATCH;
+    let again = send(&app, req).await;
+    assert!(again.replayed());
+    assert_eq!(again.body, first.body);
+}
+
+/// Over a real HTTP/1.1 connection: a streamed response that declares its length is stored
+/// once that many bytes were sent, even if the server never polls the body for its end.
+#[tokio::test]
+async fn a_streamed_response_with_a_content_length_is_stored_over_real_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = memory_app(|_| {});
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = app.svc.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let svc = hyper_util::service::TowerToHyperService::new(
+                    svc.map_request(|req: Request<hyper::body::Incoming>| req.map(Body::new)),
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    async fn exchange(addr: std::net::SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /stream-with-length HTTP/1.1\r\nhost: x\r\nidempotency-key: L\r\n\
+              x-api-key: client-1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+    let first = exchange(addr).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.ends_with("streamed run 1"), "{first}");
+    tokio::time::sleep(Duration::from_millis(50)).await; // storing runs after the last byte
+    let again = exchange(addr).await;
+    assert!(again.contains("idempotent-replayed: true"), "{again}");
+    assert!(again.ends_with("streamed run 1"), "{again}");
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
 }
 
 /// The Redis store against a real server (needs the `redis` feature).
