@@ -43,6 +43,7 @@
 //! | [`access_log`] | one log line per request | — |
 //! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
 //! | [`trusted_host`] | `Host` allowlist | — |
+//! | [`body_limit`] | request body limits on the bytes that arrive, per route | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
@@ -55,6 +56,7 @@
 //! | [`logging`] | log formatter with the request context | `json-log` (default) |
 
 pub mod access_log;
+pub mod body_limit;
 pub mod catch_panic;
 pub mod client_ip;
 pub mod context;

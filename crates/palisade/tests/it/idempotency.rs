@@ -569,43 +569,15 @@ async fn client_errors_are_stored_but_timing_dependent_ones_and_patch_too() {
 /// once that many bytes were sent, even if the server never polls the body for its end.
 #[tokio::test]
 async fn a_streamed_response_with_a_content_length_is_stored_over_real_http() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = memory_app(|_| {});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = app.svc.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = svc.clone();
-            tokio::spawn(async move {
-                let svc = hyper_util::service::TowerToHyperService::new(
-                    svc.map_request(|req: Request<hyper::body::Incoming>| req.map(Body::new)),
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
-    });
-    async fn exchange(addr: std::net::SocketAddr) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            b"POST /stream-with-length HTTP/1.1\r\nhost: x\r\nidempotency-key: L\r\n\
-              x-api-key: client-1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
-    let first = exchange(addr).await;
+    let addr = crate::helpers::serve(app.svc.clone()).await;
+    let raw = b"POST /stream-with-length HTTP/1.1\r\nhost: x\r\nidempotency-key: L\r\n\
+                content-length: 0\r\nconnection: close\r\n\r\n";
+    let first = crate::helpers::exchange(addr, raw).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(first.ends_with("streamed run 1"), "{first}");
     tokio::time::sleep(Duration::from_millis(50)).await; // storing runs after the last byte
-    let again = exchange(addr).await;
+    let again = crate::helpers::exchange(addr, raw).await;
     assert!(again.contains("idempotent-replayed: true"), "{again}");
     assert!(again.ends_with("streamed run 1"), "{again}");
     assert_eq!(app.calls.load(Ordering::SeqCst), 1);

@@ -1,5 +1,6 @@
 //! Integration tests for the palisade layers, driven through `tower::ServiceBuilder`.
 
+mod body_limit;
 mod helpers;
 mod idempotency;
 mod rate_limit;
