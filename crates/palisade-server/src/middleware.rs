@@ -17,6 +17,7 @@ use axum::{Router, extract::MatchedPath};
 use http::{Request, Response};
 use palisade::{
     access_log::{AccessLogBody, AccessLogLayer},
+    body_limit::BodyLimitLayer,
     catch_panic::CatchPanicLayer,
     context::{RequestContext, RequestContextConfig, RequestContextLayer},
     exempt::ExemptPaths,
@@ -51,7 +52,7 @@ pub fn apply_middleware<B>(
     StartupError,
 >
 where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let config_err = |section: &str, e: palisade::error::ConfigError| {
@@ -77,6 +78,8 @@ where
     let rate_limit = rate_limiter(settings, exempt, redis.as_ref())
         .map_err(|e| config_err("rate_limit", e))?
         .map(RateLimitLayer::new);
+    let body_limit =
+        BodyLimitLayer::new(&settings.body_limit).map_err(|e| config_err("body_limit", e))?;
     let idempotency = idempotency(settings, exempt, redis.as_ref())
         .map_err(|e| config_err("idempotency", e))?
         .map(IdempotencyLayer::new);
@@ -108,9 +111,12 @@ where
         // 7. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // Later layers: body limit and timeout go here, in that order.
+        // 8. Body limit: before anything reads the body (idempotency, the handler); counts
+        //    the bytes that arrive, so chunked bodies are limited too.
+        .layer(body_limit)
+        // Later layers: the timeout goes here.
         //
-        // 8. Idempotency: after everything that rejects (a refused request never reserves a
+        // 9. Idempotency: after everything that rejects (a refused request never reserves a
         //    key), around the handler so a replay never runs it; a timeout above drops the
         //    request, which releases its key. Auth must run before it (and before the rate
         //    limit) once it lands, so the subject scopes the entries (issue 9).

@@ -14,8 +14,9 @@ mod security;
 mod server;
 
 use palisade::{
-    client_ip::ClientIpConfig, cors::CorsConfig, idempotency::IdempotencyConfig,
-    rate_limit::RateLimitConfig, security_headers::SecurityHeadersConfig, store::StoreKind,
+    body_limit::BodyLimitConfig, client_ip::ClientIpConfig, cors::CorsConfig,
+    idempotency::IdempotencyConfig, rate_limit::RateLimitConfig,
+    security_headers::SecurityHeadersConfig, store::StoreKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,8 @@ pub struct Settings {
     pub health: HealthSettings,
     /// `[rate_limit]`.
     pub rate_limit: RateLimitConfig,
+    /// `[body_limit]`.
+    pub body_limit: BodyLimitConfig,
     /// `[idempotency]`.
     pub idempotency: IdempotencyConfig,
     /// `[redis]`.
@@ -94,6 +97,7 @@ impl Settings {
             trusted_hosts: TrustedHostsSettings::default(),
             health: HealthSettings::default(),
             rate_limit: RateLimitConfig::default(),
+            body_limit: BodyLimitConfig::default(),
             idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
         }
@@ -172,6 +176,9 @@ impl Settings {
             std::sync::Arc::new(palisade::rate_limit::MemoryStore::with_max_keys(0)),
         ) {
             return err(&format!("rate_limit.{}", e.key), e.message);
+        }
+        if let Err(e) = palisade::body_limit::BodyLimitLayer::new(&self.body_limit) {
+            return err(&format!("body_limit.{}", e.key), e.message);
         }
         if let Err(e) = palisade::idempotency::Idempotency::new(
             &self.idempotency,

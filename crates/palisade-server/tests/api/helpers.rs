@@ -101,6 +101,7 @@ pub(crate) fn test_routes() -> Router {
         )
         .route("/items/{id}", get(|| async { "item" }))
         .route("/runs/{name}", post(count_run))
+        .route("/ignore-body", post(|| async { "ignored" }))
 }
 
 /// How many times `/runs/{name}` ran, per name, in this test process.
