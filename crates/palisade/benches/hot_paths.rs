@@ -104,6 +104,14 @@ fn layers(c: &mut Criterion) {
     c.bench_function("layer/request_context", |b| {
         b.iter(|| rt.block_on(context.call(request())).unwrap())
     });
+    let body_limit = palisade::body_limit::BodyLimitLayer::max(1 << 20).layer(tower::service_fn(
+        |_req: Request<palisade::body_limit::LimitedBody<Body>>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        },
+    ));
+    c.bench_function("layer/body_limit_get", |b| {
+        b.iter(|| rt.block_on(body_limit.clone().oneshot(request())).unwrap())
+    });
 }
 
 /// The in-memory decision alone, with one tracked client and with a million.
