@@ -32,3 +32,19 @@ pub fn wait_for_port(port: u16, within: Duration) -> bool {
     }
     false
 }
+
+/// A chunked (`Transfer-Encoding: chunked`) HTTP/1.1 body of `total` bytes of `x`, in
+/// 64 KiB chunks, with the final zero-length chunk.
+pub fn chunked_body(total: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(total + total / 1000 + 16);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(64 * 1024);
+        body.extend(format!("{n:x}\r\n").into_bytes());
+        body.extend(std::iter::repeat_n(b'x', n));
+        body.extend(b"\r\n");
+        left -= n;
+    }
+    body.extend(b"0\r\n\r\n");
+    body
+}

@@ -56,12 +56,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{
-    error::ConfigError,
-    future::RejectOr,
-    path_pattern::{PathPattern, parse_methods},
-    problem::Problem,
-};
+use crate::{error::ConfigError, future::RejectOr, path_pattern::RouteMatch, problem::Problem};
 
 /// Default limit: 1 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
@@ -98,21 +93,18 @@ impl Default for BodyLimitConfig {
     }
 }
 
-/// One compiled route rule: pattern, methods (empty: all), limit.
-type RouteLimit = (PathPattern, Box<[Method]>, u64);
-
 #[derive(Debug)]
 struct Rules {
     default: u64,
-    routes: Box<[RouteLimit]>,
+    routes: Box<[(RouteMatch, u64)]>,
 }
 
 impl Rules {
     fn limit(&self, method: &Method, path: &str) -> u64 {
         self.routes
             .iter()
-            .find(|(p, m, _)| (m.is_empty() || m.contains(method)) && p.matches(path))
-            .map_or(self.default, |r| r.2)
+            .find(|(route, _)| route.matches(method, path))
+            .map_or(self.default, |r| r.1)
     }
 }
 
@@ -128,12 +120,7 @@ impl BodyLimitLayer {
     pub fn new(config: &BodyLimitConfig) -> Result<Self, ConfigError> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let key = |f: &str| format!("routes[{i}].{f}");
-            let pattern =
-                PathPattern::parse(&r.path).map_err(|m| ConfigError::new(key("path"), m))?;
-            let methods =
-                parse_methods(&r.methods).map_err(|m| ConfigError::new(key("methods"), m))?;
-            routes.push((pattern, methods, r.max_bytes));
+            routes.push((RouteMatch::compile(i, &r.path, &r.methods)?, r.max_bytes));
         }
         Ok(Self {
             rules: Arc::new(Rules {

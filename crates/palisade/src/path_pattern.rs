@@ -71,6 +71,35 @@ impl PathPattern {
     }
 }
 
+/// The matching half of a `[[<section>.routes]]` entry: a path pattern and methods.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteMatch {
+    pub(crate) pattern: PathPattern,
+    /// Empty: every method (or, where a layer says so, its default list).
+    pub(crate) methods: Box<[http::Method]>,
+}
+
+impl RouteMatch {
+    /// Compiles rule `index`; errors name `routes[<index>].path` or `.methods`.
+    pub(crate) fn compile(
+        index: usize,
+        path: &str,
+        methods: &[String],
+    ) -> Result<Self, crate::error::ConfigError> {
+        let key = |f: &str| format!("routes[{index}].{f}");
+        let pattern =
+            PathPattern::parse(path).map_err(|m| crate::error::ConfigError::new(key("path"), m))?;
+        let methods = parse_methods(methods)
+            .map_err(|m| crate::error::ConfigError::new(key("methods"), m))?;
+        Ok(Self { pattern, methods })
+    }
+
+    /// Whether the rule applies (empty methods: any).
+    pub(crate) fn matches(&self, method: &http::Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method)) && self.pattern.matches(path)
+    }
+}
+
 /// Parses config method names (`"post"`, `" PATCH "`), for per-route rules.
 pub(crate) fn parse_methods(names: &[String]) -> Result<Box<[http::Method]>, String> {
     names

@@ -128,6 +128,24 @@ impl RedisConnection {
         &self.0
     }
 
+    /// Runs a script (`EVALSHA`, loading it on `NOSCRIPT`) on the endpoint, or on the
+    /// cluster node owning its keys; a cluster still connecting is an I/O error.
+    pub(crate) async fn invoke(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<redis::Value> {
+        match &self.0 {
+            Conn::Single(manager) => script.invoke_async(&mut manager.clone()).await,
+            Conn::Cluster(cell) => match cell.get() {
+                Some(conn) => script.invoke_async(&mut conn.clone()).await,
+                None => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "redis cluster: not connected yet",
+                ))),
+            },
+        }
+    }
+
     /// `PING`, answered within `within`: for startup logs and readiness checks. A cluster
     /// still connecting gets until `within` to finish.
     pub async fn ping(&self, within: Duration) -> Result<(), StoreError> {

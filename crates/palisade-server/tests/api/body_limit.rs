@@ -1,6 +1,7 @@
 //! Body limits in the real server, spoken to over raw HTTP/1.1 so chunked bodies and bad
 //! `Content-Length` headers reach it as a client would send them.
 
+use palisade_testkit::chunked_body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with_toml};
@@ -32,20 +33,6 @@ async fn with_length(app: &TestApp, path: &str, n: usize) -> String {
         "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
     );
     raw(app, &head, &vec![b'x'; n]).await
-}
-
-fn chunked_body(total: usize) -> Vec<u8> {
-    let mut body = Vec::with_capacity(total + total / 1000 + 16);
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(64 * 1024);
-        body.extend(format!("{n:x}\r\n").into_bytes());
-        body.extend(std::iter::repeat_n(b'x', n));
-        body.extend(b"\r\n");
-        left -= n;
-    }
-    body.extend(b"0\r\n\r\n");
-    body
 }
 
 #[tokio::test]

@@ -380,14 +380,20 @@ fn missing_key() -> Response<Body> {
         .into_response()
 }
 
-fn in_flight() -> Response<Body> {
-    let mut res = Problem::new(StatusCode::CONFLICT)
-        .with_title("A request with this Idempotency-Key is being processed")
-        .with_detail("Retry after the first request completes to get its response.")
-        .into_response();
+/// `problem` with `Retry-After: 1`.
+fn retry_in_a_second(problem: Problem) -> Response<Body> {
+    let mut res = problem.into_response();
     res.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     res
+}
+
+fn in_flight() -> Response<Body> {
+    retry_in_a_second(
+        Problem::new(StatusCode::CONFLICT)
+            .with_title("A request with this Idempotency-Key is being processed")
+            .with_detail("Retry after the first request completes to get its response."),
+    )
 }
 
 fn mismatch() -> Response<Body> {
@@ -398,13 +404,11 @@ fn mismatch() -> Response<Body> {
 }
 
 fn store_unavailable() -> Response<Body> {
-    let mut res = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-        .with_title("Service Unavailable")
-        .with_detail("Idempotency keys cannot be checked right now; retry shortly.")
-        .into_response();
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    res
+    retry_in_a_second(
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .with_title("Service Unavailable")
+            .with_detail("Idempotency keys cannot be checked right now; retry shortly."),
+    )
 }
 
 /// Holds a lease while the request runs: renews it every third of its duration, and

@@ -91,7 +91,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     context::RequestContext, duration::ConfigDuration, error::ConfigError, exempt::ExemptPaths,
-    path_pattern::PathPattern,
+    path_pattern::RouteMatch,
 };
 
 pub use crate::store::StoreKind;
@@ -111,13 +111,18 @@ pub(crate) fn hash_field(h: &mut Sha256, bytes: &[u8]) {
 
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
+}
+
+/// Appends `bytes` to `out` in lower-case hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
 }
 
 /// One `[[idempotency.routes]]` entry. Rules are tried in order; the first match wins.
@@ -199,8 +204,8 @@ pub(crate) enum Mode {
 
 #[derive(Debug, Clone)]
 struct Rule {
-    pattern: PathPattern,
-    methods: Box<[Method]>,
+    /// Empty methods: the section's `methods`.
+    route: RouteMatch,
     mode: Option<Mode>,
 }
 
@@ -241,15 +246,11 @@ impl Idempotency {
             .map_err(|m| ConfigError::new("methods", m))?;
         let mut rules = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let key = |f: &str| format!("routes[{i}].{f}");
-            let pattern =
-                PathPattern::parse(&r.path).map_err(|m| ConfigError::new(key("path"), m))?;
-            let methods = crate::path_pattern::parse_methods(&r.methods)
-                .map_err(|m| ConfigError::new(key("methods"), m))?;
+            let route = RouteMatch::compile(i, &r.path, &r.methods)?;
             let mode = match (r.required, r.exempt) {
                 (true, true) => {
                     return Err(ConfigError::new(
-                        key("exempt"),
+                        format!("routes[{i}].exempt"),
                         "a route cannot be both required and exempt",
                     ));
                 }
@@ -257,11 +258,7 @@ impl Idempotency {
                 (false, true) => None,
                 (false, false) => Some(Mode::Optional),
             };
-            rules.push(Rule {
-                pattern,
-                methods,
-                mode,
-            });
+            rules.push(Rule { route, mode });
         }
         let (ttl, lease) = (config.ttl.get(), config.lease.get());
         if lease < Duration::from_millis(100) {
@@ -299,7 +296,7 @@ impl Idempotency {
             )
         })?;
         let mut rule_methods: Vec<Method> = Vec::new();
-        for m in rules.iter().flat_map(|r| r.methods.iter()) {
+        for m in rules.iter().flat_map(|r| r.route.methods.iter()) {
             if !rule_methods.contains(m) {
                 rule_methods.push(m.clone());
             }
@@ -338,11 +335,11 @@ impl Idempotency {
             return listed.then_some(mode);
         }
         let applies = |r: &&Rule| {
-            (if r.methods.is_empty() {
+            (if r.route.methods.is_empty() {
                 listed
             } else {
-                r.methods.contains(method)
-            }) && r.pattern.matches(path)
+                r.route.methods.contains(method)
+            }) && r.route.pattern.matches(path)
         };
         match self.rules.iter().find(applies) {
             Some(rule) => rule.mode,

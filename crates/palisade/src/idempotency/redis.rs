@@ -38,10 +38,7 @@ use super::{
         EntryKey, IdempotencyStore, Lease, Reservation, StoreError, StoreFuture, StoredResponse,
     },
 };
-use crate::{
-    error::ConfigError,
-    redis_connection::{Conn, RedisConnection},
-};
+use crate::{error::ConfigError, redis_connection::RedisConnection};
 
 /// The Redis-backed [`IdempotencyStore`]. See the [module docs](self). Cheap to share.
 #[derive(Clone)]
@@ -88,56 +85,45 @@ impl RedisStore {
         })))
     }
 
-    fn call(
-        &self,
+    /// One script call (one round trip): `op` on `key` as `lease`'s holder.
+    async fn call(
+        self,
         op: &'static str,
         key: EntryKey,
         lease: Lease,
         ms: u64,
         value: Option<Vec<u8>>,
-    ) -> StoreFuture<Reply> {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            let name = format!("{}{}", inner.prefix, key.hex());
-            let mut invocation = inner.script.key(name);
-            invocation.arg(op).arg(encode_lease(&lease)).arg(ms.max(1));
-            if let Some(v) = value {
-                invocation.arg(v);
+    ) -> Result<Reply, StoreError> {
+        let inner = &self.0;
+        let mut name = String::with_capacity(inner.prefix.len() + 64);
+        name.push_str(&inner.prefix);
+        super::push_hex(&mut name, &key.0);
+        let mut invocation = inner.script.key(name);
+        invocation.arg(op).arg(encode_lease(&lease)).arg(ms.max(1));
+        if let Some(v) = value {
+            invocation.arg(v);
+        }
+        let run = inner.redis.invoke(&invocation);
+        let value = match tokio::time::timeout(inner.timeout, run).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(StoreError(format!("redis: {e}").into())),
+            Err(_) => {
+                let within = humantime::format_duration(inner.timeout);
+                return Err(StoreError(
+                    format!("redis: no answer within {within}").into(),
+                ));
             }
-            let run = async {
-                match inner.redis.conn() {
-                    Conn::Single(manager) => {
-                        invocation.invoke_async::<Value>(&mut manager.clone()).await
-                    }
-                    Conn::Cluster(cell) => match cell.get() {
-                        Some(conn) => invocation.invoke_async::<Value>(&mut conn.clone()).await,
-                        None => Err(redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "redis cluster: not connected yet",
-                        ))),
-                    },
-                }
-            };
-            let value = match tokio::time::timeout(inner.timeout, run).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(StoreError(format!("redis: {e}").into())),
-                Err(_) => {
-                    let within = humantime::format_duration(inner.timeout);
-                    return Err(StoreError(
-                        format!("redis: no answer within {within}").into(),
-                    ));
-                }
-            };
-            match value {
-                Value::Int(n) => Ok(Reply::Int(n)),
-                Value::BulkString(b) => Ok(Reply::Entry(b)),
-                other => Err(StoreError(
-                    format!("redis: unexpected script reply {other:?}").into(),
-                )),
-            }
-        })
+        };
+        match value {
+            Value::Int(n) => Ok(Reply::Int(n)),
+            Value::BulkString(b) => Ok(Reply::Entry(b)),
+            other => Err(StoreError(
+                format!("redis: unexpected script reply {other:?}").into(),
+            )),
+        }
     }
 
+    /// A call answering 1 (done) or 0 (another owner).
     fn call_bool(
         &self,
         op: &'static str,
@@ -146,7 +132,7 @@ impl RedisStore {
         ms: u64,
         value: Option<Vec<u8>>,
     ) -> StoreFuture<bool> {
-        let call = self.call(op, key, lease, ms, value);
+        let call = self.clone().call(op, key, lease, ms, value);
         Box::pin(async move {
             match call.await? {
                 Reply::Int(n) => Ok(n == 1),
@@ -167,7 +153,7 @@ impl IdempotencyStore for RedisStore {
         lease: Lease,
         lease_for: Duration,
     ) -> StoreFuture<Reservation> {
-        let call = self.call("r", key, lease, millis(lease_for), None);
+        let call = self.clone().call("r", key, lease, millis(lease_for), None);
         Box::pin(async move {
             match call.await? {
                 Reply::Int(0) => Ok(Reservation::Acquired(lease)),

@@ -75,7 +75,7 @@ pub use policy::{Algorithm, MAX_QUOTAS, Policy, PolicyConfig, QuotaConfig};
 pub use routes::RouteConfig;
 pub use store::{Decide, Decision, QuotaStatus, RateLimitStore, StoreError};
 
-use routes::{Action, PathPattern, RouteRule};
+use routes::{Action, RouteMatch, RouteRule};
 
 /// What to do when the shared store cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -231,10 +231,7 @@ impl RateLimiter {
         let mut rules = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
             let key = |f: &str| format!("routes[{i}].{f}");
-            let pattern =
-                PathPattern::parse(&r.path).map_err(|m| ConfigError::new(key("path"), m))?;
-            let methods = crate::path_pattern::parse_methods(&r.methods)
-                .map_err(|m| ConfigError::new(key("methods"), m))?;
+            let route = RouteMatch::compile(i, &r.path, &r.methods)?;
             let action = match (&r.policy, r.exempt) {
                 (None, true) => Action::Exempt,
                 (Some(p), false) => Action::Apply(lookup(key("policy"), p)?),
@@ -245,11 +242,7 @@ impl RateLimiter {
                     ));
                 }
             };
-            rules.push(RouteRule {
-                pattern,
-                methods,
-                action,
-            });
+            rules.push(RouteRule { route, action });
         }
         let api_key_header = HeaderName::try_from(config.api_key_header.trim()).map_err(|_| {
             ConfigError::new(
@@ -303,7 +296,11 @@ impl RateLimiter {
         }
         let policy = match fixed {
             Some(p) => p,
-            None => match self.rules.iter().find(|r| r.matches(req.method(), path)) {
+            None => match self
+                .rules
+                .iter()
+                .find(|r| r.route.matches(req.method(), path))
+            {
                 Some(RouteRule {
                     action: Action::Apply(p),
                     ..

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use http::Method;
 use serde::{Deserialize, Serialize};
 
 use super::policy::Policy;
-pub(crate) use crate::path_pattern::PathPattern;
+pub(crate) use crate::path_pattern::RouteMatch;
 
 /// One `[[rate_limit.routes]]` entry. Rules are tried in order; the first match wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,14 +35,6 @@ pub(crate) enum Action {
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteRule {
-    pub(crate) pattern: PathPattern,
-    /// Empty: every method.
-    pub(crate) methods: Box<[Method]>,
+    pub(crate) route: RouteMatch,
     pub(crate) action: Action,
-}
-
-impl RouteRule {
-    pub(crate) fn matches(&self, method: &Method, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method)) && self.pattern.matches(path)
-    }
 }

@@ -93,15 +93,7 @@ fn chunked(path: &str, total: usize) -> Vec<u8> {
         "POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
     )
     .into_bytes();
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(16 * 1024);
-        raw.extend(format!("{n:x}\r\n").into_bytes());
-        raw.extend(std::iter::repeat_n(b'x', n));
-        raw.extend(b"\r\n");
-        left -= n;
-    }
-    raw.extend(b"0\r\n\r\n");
+    raw.extend(palisade_testkit::chunked_body(total));
     raw
 }
 
