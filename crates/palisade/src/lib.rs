@@ -44,6 +44,9 @@
 //! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
 //! | [`trusted_host`] | `Host` allowlist | — |
 //! | [`body_limit`] | request body limits on the bytes that arrive, per route | — |
+//! | [`content_validation`] | content-type allowlist (415), path/query encoding (400), header limits (431) | — |
+//! | [`load_shed`] | concurrency limit with a bounded queue, 503 beyond it | — |
+//! | [`timeout`] | request deadlines per route (504), request-body idle timeout (408) | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
@@ -59,6 +62,7 @@ pub mod access_log;
 pub mod body_limit;
 pub mod catch_panic;
 pub mod client_ip;
+pub mod content_validation;
 pub mod context;
 #[cfg(feature = "cors")]
 pub mod cors;
@@ -68,6 +72,7 @@ pub mod exempt;
 pub mod future;
 pub mod health;
 pub mod idempotency;
+pub mod load_shed;
 #[cfg(feature = "json-log")]
 pub mod logging;
 mod macros;
@@ -80,4 +85,5 @@ pub mod redis_connection;
 pub mod request_id;
 pub mod security_headers;
 pub mod store;
+pub mod timeout;
 pub mod trusted_host;
