@@ -19,15 +19,18 @@ use palisade::{
     access_log::{AccessLogBody, AccessLogLayer},
     body_limit::BodyLimitLayer,
     catch_panic::CatchPanicLayer,
+    content_validation::ContentValidationLayer,
     context::{RequestContext, RequestContextConfig, RequestContextLayer},
     exempt::ExemptPaths,
     idempotency::{self, Idempotency, IdempotencyLayer, IdempotencyStore},
+    load_shed::LoadShedLayer,
     problem_fallback::ProblemFallbackLayer,
     rate_limit::{
         MemoryStore, RateLimitLayer, RateLimitStore, RateLimiter, StoreKind, redis::RedisStore,
     },
     redis_connection::RedisConnection,
     security_headers::SecurityHeadersLayer,
+    timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
     trusted_host::TrustedHostLayer,
 };
 use tower::{Layer, Service, ServiceBuilder, util::option_layer};
@@ -73,6 +76,20 @@ where
         .map_err(|e| config_err("cors", e))?;
     let trusted_host = TrustedHostLayer::new(&settings.trusted_hosts.allowed_hosts, exempt.clone())
         .map_err(|e| config_err("trusted_hosts", e))?;
+    let content_validation = settings
+        .content_validation
+        .enabled
+        .then(|| ContentValidationLayer::new(&settings.content_validation))
+        .transpose()
+        .map_err(|e| config_err("content_validation", e))?;
+    let load_shed = settings
+        .load_shed
+        .enabled
+        .then(|| LoadShedLayer::new(&settings.load_shed, exempt.clone()))
+        .transpose()
+        .map_err(|e| config_err("load_shed", e))?;
+    let timeout = TimeoutLayer::new(&settings.timeout).map_err(|e| config_err("timeout", e))?;
+    let body_timeout = RequestBodyTimeoutLayer::new(settings.timeout.body_idle.get());
     // One Redis connection for every store that uses Redis.
     let redis = shared_redis(settings).map_err(|e| config_err("redis", e))?;
     let rate_limit = rate_limiter(settings, exempt, redis.as_ref())
@@ -106,20 +123,28 @@ where
         // 6. CORS: outside the rejecting layers below so browsers can read their problems;
         //    answers preflights without reaching them.
         .layer(option_layer(cors))
-        // Later layers: load shedding goes here, before the rate limit.
-        //
-        // 7. Rate limit: after everything that rejects for free, before any work it protects;
+        // 7. Content validation: stateless checks of the request head (content type,
+        //    percent-encoding, header size); malformed requests cost no slot and no quota.
+        .layer(option_layer(content_validation))
+        // 8. Load shedding: the concurrency limit and its queue, before any work that costs
+        //    (a Redis round trip for the rate limit, the handler); health paths exempt.
+        .layer(option_layer(load_shed))
+        // 9. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // 8. Body limit: before anything reads the body (idempotency, the handler); counts
-        //    the bytes that arrive, so chunked bodies are limited too.
+        // 10. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
+        //     whatever reads the body below.
+        .layer(body_timeout)
+        // 11. Body limit: before anything reads the body (idempotency, the handler); counts
+        //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
-        // Later layers: the timeout goes here.
-        //
-        // 9. Idempotency: after everything that rejects (a refused request never reserves a
-        //    key), around the handler so a replay never runs it; a timeout above drops the
-        //    request, which releases its key. Auth must run before it (and before the rate
-        //    limit) once it lands, so the subject scopes the entries (issue 9).
+        // 12. Request timeout: around idempotency and the handler, so a request that runs
+        //     too long is dropped (its key released) and answered 504.
+        .layer(timeout)
+        // 13. Idempotency: after everything that rejects (a refused request never reserves a
+        //     key), around the handler so a replay never runs it. Auth must run before it
+        //     (and before the rate limit) once it lands, so the subject scopes the entries
+        //     (issue 9).
         .layer(option_layer(idempotency))
         //
         // Innermost. Panics become 500 problems, logged with the request id.

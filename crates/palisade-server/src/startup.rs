@@ -99,9 +99,19 @@ impl Application {
         let service = apply_middleware(router, settings, &exempt)?;
         let opts = ServeOptions {
             header_read_timeout: settings.server.header_read_timeout.get(),
+            keep_alive_timeout: settings.server.keep_alive_timeout.get(),
             shutdown_delay: settings.server.shutdown_delay.get(),
             drain_timeout: settings.server.drain_timeout.get(),
             tcp_nodelay: settings.server.tcp_nodelay,
+            max_connections: settings.server.max_connections,
+            max_connections_per_ip: settings.server.max_connections_per_ip,
+            trusted_proxies: palisade::client_ip::TrustedProxies::new(&settings.client_ip),
+            // Above the content-validation limit, so clients get its 431 problem.
+            max_header_fields: if settings.content_validation.enabled {
+                (settings.content_validation.max_headers * 2).max(100)
+            } else {
+                100
+            },
         };
         let serve_health = health.clone();
         let run: Runner = Box::new(move |shutdown| {

@@ -14,9 +14,10 @@ mod security;
 mod server;
 
 use palisade::{
-    body_limit::BodyLimitConfig, client_ip::ClientIpConfig, cors::CorsConfig,
-    idempotency::IdempotencyConfig, rate_limit::RateLimitConfig,
-    security_headers::SecurityHeadersConfig, store::StoreKind,
+    body_limit::BodyLimitConfig, client_ip::ClientIpConfig,
+    content_validation::ContentValidationConfig, cors::CorsConfig, idempotency::IdempotencyConfig,
+    load_shed::LoadShedConfig, rate_limit::RateLimitConfig,
+    security_headers::SecurityHeadersConfig, store::StoreKind, timeout::TimeoutConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,10 +64,16 @@ pub struct Settings {
     pub trusted_hosts: TrustedHostsSettings,
     /// `[health]`.
     pub health: HealthSettings,
+    /// `[content_validation]`.
+    pub content_validation: ContentValidationConfig,
+    /// `[load_shed]`.
+    pub load_shed: LoadShedConfig,
     /// `[rate_limit]`.
     pub rate_limit: RateLimitConfig,
     /// `[body_limit]`.
     pub body_limit: BodyLimitConfig,
+    /// `[timeout]`.
+    pub timeout: TimeoutConfig,
     /// `[idempotency]`.
     pub idempotency: IdempotencyConfig,
     /// `[redis]`.
@@ -96,8 +103,11 @@ impl Settings {
             cors: CorsConfig::default(),
             trusted_hosts: TrustedHostsSettings::default(),
             health: HealthSettings::default(),
+            content_validation: ContentValidationConfig::default(),
+            load_shed: LoadShedConfig::default(),
             rate_limit: RateLimitConfig::default(),
             body_limit: BodyLimitConfig::default(),
+            timeout: TimeoutConfig::default(),
             idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
         }
@@ -133,11 +143,27 @@ impl Settings {
         if self.server.drain_timeout.get().is_zero() {
             return err("server.drain_timeout", "must be greater than 0s".into());
         }
-        if self.server.header_read_timeout.get().is_zero() {
-            return err(
+        for (key, d) in [
+            (
                 "server.header_read_timeout",
-                "must be greater than 0s".into(),
-            );
+                self.server.header_read_timeout,
+            ),
+            ("server.keep_alive_timeout", self.server.keep_alive_timeout),
+        ] {
+            if d.get().is_zero() {
+                return err(key, "must be greater than 0s".into());
+            }
+        }
+        for (key, n) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_ip",
+                self.server.max_connections_per_ip,
+            ),
+        ] {
+            if n == 0 {
+                return err(key, "must be at least 1".into());
+            }
         }
         if self.health.check_timeout.get().is_zero() {
             return err("health.check_timeout", "must be greater than 0s".into());
@@ -179,6 +205,23 @@ impl Settings {
         }
         if let Err(e) = palisade::body_limit::BodyLimitLayer::new(&self.body_limit) {
             return err(&format!("body_limit.{}", e.key), e.message);
+        }
+        if let Err(e) =
+            palisade::content_validation::ContentValidationLayer::new(&self.content_validation)
+        {
+            return err(&format!("content_validation.{}", e.key), e.message);
+        }
+        if let Err(e) = palisade::load_shed::LoadShedLayer::new(
+            &self.load_shed,
+            palisade::exempt::ExemptPaths::health(),
+        ) {
+            return err(&format!("load_shed.{}", e.key), e.message);
+        }
+        if let Err(e) = palisade::timeout::TimeoutLayer::new(&self.timeout) {
+            return err(&format!("timeout.{}", e.key), e.message);
+        }
+        if let Err(e) = palisade::timeout::check_timeout("body_idle", self.timeout.body_idle) {
+            return err(&format!("timeout.{}", e.key), e.message);
         }
         if let Err(e) = palisade::idempotency::Idempotency::new(
             &self.idempotency,

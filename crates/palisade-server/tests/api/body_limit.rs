@@ -30,7 +30,7 @@ fn status(response: &str) -> u16 {
 
 async fn with_length(app: &TestApp, path: &str, n: usize) -> String {
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
     );
     raw(app, &head, &vec![b'x'; n]).await
 }
@@ -46,7 +46,7 @@ async fn the_default_limit_is_one_mib_on_the_bytes_that_arrive() {
     assert!(over.contains("x-request-id"), "{over}");
     assert_eq!(crate::helpers::runs("body-limit-over"), 0);
     // 2 MiB chunked to a handler that never reads it.
-    let head = "POST /ignore-body HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let head = "POST /ignore-body HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
     let ignored = raw(&app, head, &chunked_body(2 * MIB)).await;
     assert_eq!(status(&ignored), 413, "{ignored}");
     let small = raw(&app, head, &chunked_body(100)).await;

@@ -101,6 +101,7 @@ pub(crate) fn test_routes() -> Router {
         )
         .route("/items/{id}", get(|| async { "item" }))
         .route("/runs/{name}", post(count_run))
+        .route("/sleep/{name}", get(sleep_then_count))
         .route("/ignore-body", post(|| async { "ignored" }))
 }
 
@@ -129,6 +130,17 @@ async fn count_run(
         http::StatusCode::CREATED,
         Json(json!({ "name": name, "run": run, "body": body })),
     )
+}
+
+/// Sleeps `?ms=` milliseconds, then counts a run of `name` (a side effect a timeout must
+/// prevent).
+async fn sleep_then_count(
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, u64>>,
+) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(0))).await;
+    *RUNS.lock().unwrap().entry(name).or_default() += 1;
+    "slept"
 }
 
 fn panic_route() -> &'static str {

@@ -10,7 +10,7 @@ async fn post(app: &TestApp, path: &str, key: &str, body: &str) -> reqwest::Resp
     app.client
         .post(app.url(path))
         .header("idempotency-key", key)
-        .header("content-type", "text/plain")
+        .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
         .await

@@ -4,6 +4,7 @@ mod body_limit;
 mod config;
 mod context;
 mod errors;
+mod guards;
 mod health;
 mod helpers;
 mod idempotency;

@@ -88,8 +88,8 @@ impl Default for TimeoutConfig {
     }
 }
 
-/// `Ok` when `d` is a usable timeout (above zero, at most a day).
-pub(crate) fn check_timeout(key: &str, d: ConfigDuration) -> Result<(), crate::error::ConfigError> {
+/// `Ok` when `d` is a usable timeout (above zero, at most a day); the error names `key`.
+pub fn check_timeout(key: &str, d: ConfigDuration) -> Result<(), crate::error::ConfigError> {
     if d.get().is_zero() || d > MAX_TIMEOUT {
         return Err(crate::error::ConfigError::new(
             key,

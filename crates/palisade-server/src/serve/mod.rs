@@ -1,11 +1,17 @@
-//! The accept loop: one hyper connection per TCP stream, each request tagged with its
-//! connection's facts, graceful shutdown with a bounded drain.
+//! The accept loop: connection limits, one hyper connection per TCP stream with read
+//! deadlines, each request tagged with its connection's facts, graceful shutdown with a
+//! bounded drain.
 //!
-//! We run our own loop instead of `axum::serve` to set a header-read timeout (slow clients
-//! cannot hold a connection forever without sending a request) and to insert
-//! [`ConnectionInfo`] for client-IP resolution.
+//! We run our own loop instead of `axum::serve` for the slow-client and connection-count
+//! protections (the seeds' "DDoS protection") and to insert [`ConnectionInfo`] for
+//! client-IP resolution.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, time::Duration};
+mod conn;
+mod limits;
+
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc, time::Duration,
+};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -13,38 +19,32 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
-use palisade::{client_ip::ConnectionInfo, health::Health};
+use palisade::{
+    client_ip::{ConnectionInfo, TrustedProxies},
+    health::Health,
+};
 use tokio::net::{TcpListener, TcpStream};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
-/// Timing knobs of the accept loop.
-#[derive(Debug, Clone, Copy)]
+use self::{
+    conn::{ConnService, ConnState, GuardedIo},
+    limits::{ConnectionLimits, Refused},
+};
+
+/// Knobs of the accept loop.
+#[derive(Debug, Clone)]
 pub(crate) struct ServeOptions {
     pub(crate) header_read_timeout: Duration,
+    pub(crate) keep_alive_timeout: Duration,
     pub(crate) shutdown_delay: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) tcp_nodelay: bool,
-}
-
-/// Per-connection adapter: tags requests with the peer, then calls the stack.
-#[derive(Clone)]
-struct ConnService<S> {
-    svc: S,
-    info: ConnectionInfo,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
-{
-    type Response = Response<B>;
-    type Error = Infallible;
-    type Future = tower::util::Oneshot<S, Request<Incoming>>;
-
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.info);
-        self.svc.clone().oneshot(req)
-    }
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    /// Peers exempt from the per-IP connection limit.
+    pub(crate) trusted_proxies: TrustedProxies,
+    /// hyper's hard limit on header fields (bare `431` beyond it).
+    pub(crate) max_header_fields: usize,
 }
 
 /// Serves until `shutdown` resolves, then: readiness fails at once, connections are still
@@ -71,22 +71,50 @@ pub(crate) async fn serve<S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout);
+        // The header-read and keep-alive deadlines are ours (see `conn`).
+        .header_read_timeout(None)
+        .max_headers(opts.max_header_fields);
     let graceful = GracefulShutdown::new();
+    let limits = Arc::new(ConnectionLimits::new(
+        opts.max_connections,
+        opts.max_connections_per_ip,
+        opts.trusted_proxies.clone(),
+    ));
     let accept = |stream: TcpStream, peer: SocketAddr| {
+        let admitted = match limits.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                // Closed at once: a refused connection costs no task and no buffer.
+                let which = match refused {
+                    Refused::Total => "server.max_connections",
+                    Refused::PerIp => "server.max_connections_per_ip",
+                };
+                tracing::debug!(%peer, limit = which, open = limits.open(), "connection refused");
+                return;
+            }
+        };
         if opts.tcp_nodelay {
             let _ = stream.set_nodelay(true);
         }
+        let state = Arc::new(ConnState::default());
         let service = ConnService {
             svc: svc.clone(),
             info: ConnectionInfo { peer, tls: false },
+            state: state.clone(),
         };
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let io = GuardedIo::new(
+            stream,
+            state,
+            opts.header_read_timeout,
+            opts.keep_alive_timeout,
+        );
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+            drop(admitted);
         });
     };
 

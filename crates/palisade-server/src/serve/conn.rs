@@ -1,0 +1,278 @@
+//! One connection: read deadlines on the socket (header read, keep-alive idle) and the
+//! per-connection service that tags requests and tracks whether one is in progress.
+//!
+//! hyper's own header-read timer starts as soon as the connection waits for a request, so
+//! it cannot tell a slow client from an idle keep-alive connection: one number would have to
+//! serve both, and a keep-alive timeout shorter than a load balancer's idle timeout makes it
+//! reuse connections this server is closing (502s). So the deadlines live here:
+//!
+//! - **Header read**: from the first byte of a request (or from accept) until its headers
+//!   are complete (`ConnService::call` runs), at most `header_read_timeout`.
+//! - **Keep-alive idle**: from the end of a response until the first byte of the next
+//!   request, at most `keep_alive_timeout`.
+//! - While a request is in progress the socket has no deadline: the request-body idle
+//!   timeout and the request timeout (layers in the stack) bound it.
+//!
+//! A deadline that passes makes the next read fail, and hyper closes the connection.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::task::AtomicWaker;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use palisade::client_ip::ConnectionInfo;
+use pin_project_lite::pin_project;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep},
+};
+use tower::{Service, ServiceExt};
+
+/// Requests of one connection in progress (HTTP/2 may have several), and the task to wake
+/// when the last one ends so the keep-alive clock starts even if no byte arrives.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    requests: AtomicUsize,
+    reader: AtomicWaker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of the next request.
+    Idle,
+    /// Reading a request head.
+    Head,
+    /// A request is in progress.
+    Busy,
+}
+
+pin_project! {
+    /// The socket with the header-read and keep-alive deadlines.
+    pub(crate) struct GuardedIo<T> {
+        #[pin]
+        io: T,
+        state: Arc<ConnState>,
+        header_read: Duration,
+        keep_alive: Duration,
+        phase: Phase,
+        deadline: Instant,
+        // Armed only when a read has to wait; reset only when the deadline moved.
+        sleep: Pin<Box<Sleep>>,
+        armed_for: Option<Instant>,
+    }
+}
+
+impl<T> GuardedIo<T> {
+    /// A new connection must send its first request head within `header_read`.
+    pub(crate) fn new(
+        io: T,
+        state: Arc<ConnState>,
+        header_read: Duration,
+        keep_alive: Duration,
+    ) -> Self {
+        let deadline = Instant::now() + header_read;
+        Self {
+            io,
+            state,
+            header_read,
+            keep_alive,
+            phase: Phase::Head,
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            armed_for: Some(deadline),
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.state.requests.load(Ordering::Acquire) > 0 {
+            *this.phase = Phase::Busy;
+            let res = this.io.poll_read(cx, buf);
+            if res.is_pending() {
+                this.state.reader.register(cx.waker());
+                // The request may have ended in between; then read again now.
+                if this.state.requests.load(Ordering::Acquire) == 0 {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            return res;
+        }
+        if *this.phase == Phase::Busy {
+            // The last response is done: the keep-alive clock starts.
+            *this.phase = Phase::Idle;
+            *this.deadline = Instant::now() + *this.keep_alive;
+        }
+        let before = buf.filled().len();
+        match this.io.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if *this.phase == Phase::Idle && buf.filled().len() > before {
+                    // A new request starts: its head must be complete in time.
+                    *this.phase = Phase::Head;
+                    *this.deadline = Instant::now() + *this.header_read;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if *this.armed_for != Some(*this.deadline) {
+                    this.sleep.as_mut().reset(*this.deadline);
+                    *this.armed_for = Some(*this.deadline);
+                }
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    let what = if *this.phase == Phase::Idle {
+                        "keep-alive idle timeout"
+                    } else {
+                        "header read timeout"
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Marks a request in progress from its head until its response body is dropped.
+#[derive(Debug)]
+pub(crate) struct InProgress(Arc<ConnState>);
+
+impl InProgress {
+    fn start(state: &Arc<ConnState>) -> Self {
+        state.requests.fetch_add(1, Ordering::AcqRel);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        if self.0.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// Per-connection adapter: tags requests with the peer, then calls the stack.
+#[derive(Clone)]
+pub(crate) struct ConnService<S> {
+    pub(crate) svc: S,
+    pub(crate) info: ConnectionInfo,
+    pub(crate) state: Arc<ConnState>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible> + Clone,
+{
+    type Response = Response<ConnBody<B>>;
+    type Error = std::convert::Infallible;
+    type Future = ConnFuture<tower::util::Oneshot<S, Request<Incoming>>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.info);
+        ConnFuture {
+            inner: self.svc.clone().oneshot(req),
+            guard: Some(InProgress::start(&self.state)),
+        }
+    }
+}
+
+pin_project! {
+    /// Moves the in-progress mark from the request into its response body.
+    pub(crate) struct ConnFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InProgress>,
+    }
+}
+
+impl<F, B> std::future::Future for ConnFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>,
+{
+    type Output = Result<Response<ConnBody<B>>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(res) = std::task::ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(Ok(res.map(|inner| ConnBody {
+            inner,
+            _guard: guard,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that ends the request's in-progress mark when hyper drops it.
+    pub(crate) struct ConnBody<B> {
+        #[pin]
+        inner: B,
+        _guard: Option<InProgress>,
+    }
+}
+
+impl<B: Body> Body for ConnBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
