@@ -43,6 +43,7 @@
 //! | [`access_log`] | one log line per request | — |
 //! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
 //! | [`trusted_host`] | `Host` allowlist | — |
+//! | [`geoip`] | allow or deny clients by country, from a MaxMind DB file | `geoip` |
 //! | [`body_limit`] | request body limits on the bytes that arrive, per route | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
@@ -66,6 +67,8 @@ pub mod duration;
 pub mod error;
 pub mod exempt;
 pub mod future;
+#[cfg(feature = "geoip")]
+pub mod geoip;
 pub mod health;
 pub mod idempotency;
 #[cfg(feature = "json-log")]
