@@ -1,9 +1,11 @@
 //! Test-only helpers shared by the workspace's integration tests: real servers, started on a
-//! free loopback port for one test and killed when dropped. Nothing is mocked.
+//! free loopback port for one test and killed when dropped, and real files (a MaxMind DB
+//! writer, [`mmdb`]) removed when dropped. Nothing is mocked.
 //!
 //! A missing binary is a test failure whose message says how to install it (`scripts/test`
 //! installs everything the suite needs); tests never skip silently.
 
+pub mod mmdb;
 mod redis;
 mod relay;
 
@@ -11,6 +13,8 @@ pub use redis::{RedisCluster, RedisServer};
 pub use relay::TcpRelay;
 
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -47,4 +51,37 @@ pub fn chunked_body(total: usize) -> Vec<u8> {
     }
     body.extend(b"0\r\n\r\n");
     body
+}
+
+/// A path in the system temp directory, unique to this process and call, removed (if it
+/// exists) when dropped. The file itself is not created.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// A fresh path ending in `suffix` (`".mmdb"`).
+    pub fn new(suffix: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("palisade-tempfile-{}-{n}-{nanos}{suffix}", std::process::id());
+        Self {
+            path: std::env::temp_dir().join(name),
+        }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

@@ -277,6 +277,67 @@ fn idempotency(c: &mut Criterion) {
     }
 }
 
+/// A country lookup in a generated database of 4096 IPv4 /24s and 4096 IPv6 /48s, and the
+/// layer on an allowed request. Needs `--features geoip`.
+fn geoip(c: &mut Criterion) {
+    #[cfg(feature = "geoip")]
+    {
+        use palisade::{
+            exempt::ExemptPaths,
+            geoip::{GeoIpConfig, GeoIpLayer},
+        };
+        const CODES: [&str; 8] = ["DE", "FR", "GB", "US", "JP", "BR", "KP", "IR"];
+        let mut writer = palisade_testkit::mmdb::MmdbWriter::new("GeoLite2-Country");
+        for i in 0..4096u32 {
+            let code = CODES[i as usize % CODES.len()];
+            let v4 = std::net::Ipv4Addr::from((i + 256) << 8);
+            writer = writer.country(&format!("{v4}/24"), code);
+            writer = writer.country(&format!("2001:{i:x}::/48"), code);
+        }
+        let db = writer.write_temp();
+        let config = GeoIpConfig {
+            database: Some(db.path().to_owned()),
+            deny: vec!["KP".into(), "IR".into()],
+            ..GeoIpConfig::default()
+        };
+        let layer = GeoIpLayer::new(&config, ExemptPaths::health())
+            .unwrap()
+            .unwrap();
+        let v4 = "0.3.5.77".parse().unwrap();
+        let v6 = "2001:305::1".parse().unwrap();
+        let miss = "198.51.100.1".parse().unwrap();
+        assert!(layer.country(v4).is_some() && layer.country(v6).is_some());
+        c.bench_function("geoip/lookup_v4", |b| {
+            b.iter(|| layer.country(black_box(v4)))
+        });
+        c.bench_function("geoip/lookup_v6", |b| {
+            b.iter(|| layer.country(black_box(v6)))
+        });
+        c.bench_function("geoip/lookup_not_found", |b| {
+            b.iter(|| layer.country(black_box(miss)))
+        });
+        // A client in an allowed country; the context layer's own cost is
+        // `layer/request_context`.
+        let from_de = || {
+            let mut req = request();
+            req.extensions_mut().insert(ConnectionInfo {
+                peer: SocketAddr::new(v4, 5000),
+                tls: false,
+            });
+            req
+        };
+        let rt = rt();
+        let mut svc = RequestContextLayer::new(&RequestContextConfig::default())
+            .layer(layer.layer(tower::service_fn(ok)));
+        assert_eq!(rt.block_on(svc.call(from_de())).unwrap().status(), 200);
+        c.bench_function("layer/request_context_geoip", |b| {
+            b.iter(|| rt.block_on(svc.call(from_de())).unwrap())
+        });
+    }
+    #[cfg(not(feature = "geoip"))]
+    let _ = c;
+}
+
 criterion_group!(
     benches,
     request_id,
@@ -284,6 +345,7 @@ criterion_group!(
     problem,
     layers,
     rate_limit,
-    idempotency
+    idempotency,
+    geoip
 );
 criterion_main!(benches);

@@ -43,6 +43,7 @@
 //! | [`access_log`] | one log line per request | — |
 //! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
 //! | [`trusted_host`] | `Host` allowlist | — |
+//! | [`geoip`] | allow or deny clients by country, from a MaxMind DB file | `geoip` |
 //! | [`body_limit`] | request body limits on the bytes that arrive, per route | — |
 //! | [`content_validation`] | content-type allowlist (415), path/query encoding (400), header limits (431) | — |
 //! | [`load_shed`] | concurrency limit with a bounded queue, 503 beyond it | — |
@@ -70,6 +71,8 @@ pub mod duration;
 pub mod error;
 pub mod exempt;
 pub mod future;
+#[cfg(feature = "geoip")]
+pub mod geoip;
 pub mod health;
 pub mod idempotency;
 pub mod load_shed;
