@@ -45,6 +45,7 @@
 //! | [`trusted_host`] | `Host` allowlist | — |
 //! | [`body_limit`] | request body limits on the bytes that arrive, per route | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
+//! | [`circuit_breaker`] | closed / open / half-open per upstream or route group; 503 while open | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
 //! | [`duration`] | `"30s"`-style durations in config structs | — |
@@ -58,6 +59,7 @@
 pub mod access_log;
 pub mod body_limit;
 pub mod catch_panic;
+pub mod circuit_breaker;
 pub mod client_ip;
 pub mod context;
 #[cfg(feature = "cors")]
