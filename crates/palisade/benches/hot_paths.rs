@@ -8,6 +8,7 @@ use axum_core::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use palisade::{
+    circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, Outcome},
     client_ip::{ClientIpConfig, ConnectionInfo, ForwardedHeader, TrustedProxies},
     context::{RequestContextConfig, RequestContextLayer},
     idempotency::{
@@ -111,6 +112,24 @@ fn layers(c: &mut Criterion) {
     ));
     c.bench_function("layer/body_limit_get", |b| {
         b.iter(|| rt.block_on(body_limit.clone().oneshot(request())).unwrap())
+    });
+    // A closed breaker: the atomic fast path, then one lock to record the outcome.
+    let breaker = CircuitBreaker::new("bench", &CircuitBreakerConfig::default()).unwrap();
+    let mut closed = CircuitBreakerLayer::new(breaker).layer(tower::service_fn(ok));
+    c.bench_function("layer/circuit_breaker_closed", |b| {
+        b.iter(|| rt.block_on(closed.call(request())).unwrap())
+    });
+    // An open one: the 503 problem, without the inner service.
+    let config = CircuitBreakerConfig {
+        minimum_calls: 1,
+        open_duration: palisade::duration::ConfigDuration::secs(3600),
+        ..CircuitBreakerConfig::default()
+    };
+    let breaker = CircuitBreaker::new("bench", &config).unwrap();
+    breaker.try_acquire().unwrap().record(Outcome::Failure);
+    let mut open = CircuitBreakerLayer::new(breaker).layer(tower::service_fn(ok));
+    c.bench_function("layer/circuit_breaker_open_rejects", |b| {
+        b.iter(|| rt.block_on(open.call(request())).unwrap())
     });
 }
 

@@ -49,6 +49,7 @@
 //! | [`load_shed`] | concurrency limit with a bounded queue, 503 beyond it | — |
 //! | [`timeout`] | request deadlines per route (504), request-body idle timeout (408) | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
+//! | [`circuit_breaker`] | closed / open / half-open per upstream or route group; 503 while open | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
 //! | [`duration`] | `"30s"`-style durations in config structs | — |
@@ -62,6 +63,7 @@
 pub mod access_log;
 pub mod body_limit;
 pub mod catch_panic;
+pub mod circuit_breaker;
 pub mod client_ip;
 pub mod content_validation;
 pub mod context;

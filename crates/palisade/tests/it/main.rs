@@ -1,6 +1,7 @@
 //! Integration tests for the palisade layers, driven through `tower::ServiceBuilder`.
 
 mod body_limit;
+mod circuit_breaker;
 #[cfg(feature = "geoip")]
 mod geoip;
 mod helpers;
