@@ -19,9 +19,11 @@ use palisade::{
     access_log::{AccessLogBody, AccessLogLayer},
     body_limit::BodyLimitLayer,
     catch_panic::CatchPanicLayer,
+    circuit_breaker::{CircuitBreaker, CircuitBreakerLayer},
     content_validation::ContentValidationLayer,
     context::{RequestContext, RequestContextConfig, RequestContextLayer},
     exempt::ExemptPaths,
+    geoip::GeoIpLayer,
     idempotency::{self, Idempotency, IdempotencyLayer, IdempotencyStore},
     load_shed::LoadShedLayer,
     problem_fallback::ProblemFallbackLayer,
@@ -37,11 +39,29 @@ use tower::{Layer, Service, ServiceBuilder, util::option_layer};
 
 use crate::{config::Settings, startup::StartupError};
 
-/// Wraps `router` in the full stack, in order. Errors name the config key at fault.
+/// The breaker for `[circuit_breaker]`'s group of routes, when it names any. Build it before
+/// the stack so readiness can report it too.
+pub fn route_breaker(settings: &Settings) -> Result<Option<CircuitBreaker>, StartupError> {
+    if settings.circuit_breaker.routes.is_empty() {
+        return Ok(None);
+    }
+    CircuitBreaker::new("circuit_breaker", &settings.circuit_breaker)
+        .map(Some)
+        .map_err(|e| {
+            StartupError::Config(format!(
+                "invalid config key `circuit_breaker.{}`: {}",
+                e.key, e.message
+            ))
+        })
+}
+
+/// Wraps `router` in the full stack, in order. `breaker` comes from [`route_breaker`].
+/// Errors name the config key at fault.
 pub fn apply_middleware<B>(
     router: Router,
     settings: &Settings,
     exempt: &ExemptPaths,
+    breaker: Option<CircuitBreaker>,
 ) -> Result<
     impl Service<
         Request<B>,
@@ -76,6 +96,12 @@ where
         .map_err(|e| config_err("cors", e))?;
     let trusted_host = TrustedHostLayer::new(&settings.trusted_hosts.allowed_hosts, exempt.clone())
         .map_err(|e| config_err("trusted_hosts", e))?;
+    let geoip =
+        GeoIpLayer::new(&settings.geoip, exempt.clone()).map_err(|e| config_err("geoip", e))?;
+    let breaker = breaker
+        .map(|b| CircuitBreakerLayer::new(b).with_routes(&settings.circuit_breaker.routes))
+        .transpose()
+        .map_err(|e| config_err("circuit_breaker", e))?;
     let content_validation = settings
         .content_validation
         .enabled
@@ -123,6 +149,9 @@ where
         // 6. CORS: outside the rejecting layers below so browsers can read their problems;
         //    answers preflights without reaching them.
         .layer(option_layer(cors))
+        // GeoIP: a refusal by client address, as cheap as the host check; after CORS so
+        // browsers can read the 403. Off unless `geoip.database` names a file.
+        .layer(option_layer(geoip))
         // 7. Content validation: stateless checks of the request head (content type,
         //    percent-encoding, header size); malformed requests cost no slot and no quota.
         .layer(option_layer(content_validation))
@@ -138,6 +167,9 @@ where
         // 11. Body limit: before anything reads the body (idempotency, the handler); counts
         //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
+        // Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
+        //     counts as a failure; while open, answers 503 before any work.
+        .layer(option_layer(breaker))
         // 12. Request timeout: around idempotency and the handler, so a request that runs
         //     too long is dropped (its key released) and answered 504.
         .layer(timeout)

@@ -89,6 +89,11 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?
             .port();
 
+        let breaker = crate::middleware::route_breaker(settings)?;
+        let mut checks = checks;
+        if let Some(b) = &breaker {
+            checks.push(Arc::new(b.clone()));
+        }
         let timeout = settings.health.check_timeout.get();
         let health = checks
             .into_iter()
@@ -96,7 +101,7 @@ impl Application {
             .build();
         let exempt = ExemptPaths::health();
         let router = routes::router(routes, health.clone());
-        let service = apply_middleware(router, settings, &exempt)?;
+        let service = apply_middleware(router, settings, &exempt, breaker)?;
         let opts = ServeOptions {
             header_read_timeout: settings.server.header_read_timeout.get(),
             keep_alive_timeout: settings.server.keep_alive_timeout.get(),

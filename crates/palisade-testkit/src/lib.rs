@@ -68,7 +68,10 @@ impl TempFile {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let name = format!("palisade-tempfile-{}-{n}-{nanos}{suffix}", std::process::id());
+        let name = format!(
+            "palisade-tempfile-{}-{n}-{nanos}{suffix}",
+            std::process::id()
+        );
         Self {
             path: std::env::temp_dir().join(name),
         }

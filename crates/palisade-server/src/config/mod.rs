@@ -14,9 +14,9 @@ mod security;
 mod server;
 
 use palisade::{
-    body_limit::BodyLimitConfig, client_ip::ClientIpConfig,
-    content_validation::ContentValidationConfig, cors::CorsConfig, idempotency::IdempotencyConfig,
-    load_shed::LoadShedConfig, rate_limit::RateLimitConfig,
+    body_limit::BodyLimitConfig, circuit_breaker::CircuitBreakerConfig, client_ip::ClientIpConfig,
+    content_validation::ContentValidationConfig, cors::CorsConfig, geoip::GeoIpConfig,
+    idempotency::IdempotencyConfig, load_shed::LoadShedConfig, rate_limit::RateLimitConfig,
     security_headers::SecurityHeadersConfig, store::StoreKind, timeout::TimeoutConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,8 @@ pub struct Settings {
     pub trusted_hosts: TrustedHostsSettings,
     /// `[health]`.
     pub health: HealthSettings,
+    /// `[geoip]`.
+    pub geoip: GeoIpConfig,
     /// `[content_validation]`.
     pub content_validation: ContentValidationConfig,
     /// `[load_shed]`.
@@ -72,6 +74,8 @@ pub struct Settings {
     pub rate_limit: RateLimitConfig,
     /// `[body_limit]`.
     pub body_limit: BodyLimitConfig,
+    /// `[circuit_breaker]`: on when it names routes.
+    pub circuit_breaker: CircuitBreakerConfig,
     /// `[timeout]`.
     pub timeout: TimeoutConfig,
     /// `[idempotency]`.
@@ -103,10 +107,12 @@ impl Settings {
             cors: CorsConfig::default(),
             trusted_hosts: TrustedHostsSettings::default(),
             health: HealthSettings::default(),
+            geoip: GeoIpConfig::default(),
             content_validation: ContentValidationConfig::default(),
             load_shed: LoadShedConfig::default(),
             rate_limit: RateLimitConfig::default(),
             body_limit: BodyLimitConfig::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
             timeout: TimeoutConfig::default(),
             idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
@@ -216,6 +222,25 @@ impl Settings {
             palisade::exempt::ExemptPaths::health(),
         ) {
             return err(&format!("load_shed.{}", e.key), e.message);
+        }
+        // The country lists; the database file itself is opened once, at startup.
+        let lists = GeoIpConfig {
+            database: None,
+            ..self.geoip.clone()
+        };
+        if let Err(e) =
+            palisade::geoip::GeoIpLayer::new(&lists, palisade::exempt::ExemptPaths::health())
+        {
+            return err(&format!("geoip.{}", e.key), e.message);
+        }
+        if let Err(e) =
+            palisade::circuit_breaker::CircuitBreaker::new("circuit_breaker", &self.circuit_breaker)
+                .and_then(|b| {
+                    palisade::circuit_breaker::CircuitBreakerLayer::new(b)
+                        .with_routes(&self.circuit_breaker.routes)
+                })
+        {
+            return err(&format!("circuit_breaker.{}", e.key), e.message);
         }
         if let Err(e) = palisade::timeout::TimeoutLayer::new(&self.timeout) {
             return err(&format!("timeout.{}", e.key), e.message);

@@ -408,3 +408,140 @@ async fn connections_beyond_the_per_ip_limit_are_closed_at_once_and_freed_ones_r
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_route_breaker_opens_on_failures_answers_fast_then_half_opens_and_closes() {
+    let toml = r#"
+[circuit_breaker]
+minimum_calls = 4
+failure_rate_threshold = 50
+open_duration = "400ms"
+half_open_max_calls = 2
+routes = [{ path = "/status/*" }]
+"#;
+    let app = spawn_app_with_toml(toml, &[]).await;
+    for _ in 0..4 {
+        assert_eq!(app.get("/status/502").await.status(), 502);
+    }
+    assert_eq!(runs("status-502"), 4);
+    // Open: refused without running the handler, other routes untouched.
+    let started = Instant::now();
+    let refused = app.get("/status/200").await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = assert_problem(refused, 503).await;
+    assert_eq!(body["title"], "Circuit open");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        runs("status-200"),
+        0,
+        "the handler ran while the breaker was open"
+    );
+    assert_eq!(app.get("/whoami").await.status(), 200);
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        ready["checks"]["circuit_breaker"][0]["status"], "warn",
+        "{ready}"
+    );
+
+    // After the open duration, probes reach the handler; two successes close it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        assert_eq!(app.get("/status/200").await.status(), 200);
+    }
+    assert_eq!(runs("status-200"), 2);
+    for _ in 0..5 {
+        assert_eq!(app.get("/status/200").await.status(), 200);
+    }
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        ready["checks"]["circuit_breaker"][0]["status"], "pass",
+        "{ready}"
+    );
+}
+
+#[tokio::test]
+async fn geoip_refuses_denied_countries_passes_allowed_and_applies_the_default_to_unknown() {
+    let db = palisade_testkit::mmdb::MmdbWriter::new("GeoLite2-Country")
+        .country("203.0.113.0/24", "DE")
+        .country("198.51.100.0/24", "KP")
+        .write_temp();
+    let toml = |unknown: &str| {
+        format!(
+            r#"
+[client_ip]
+trusted_proxies = ["127.0.0.1/32"]
+
+[geoip]
+database = "{}"
+deny = ["kp"]
+unknown = "{unknown}"
+"#,
+            db.path().display()
+        )
+    };
+    let get_from = |app: &crate::helpers::TestApp, ip: &str| {
+        app.client
+            .get(app.url("/whoami"))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    let app = spawn_app_with_toml(&toml("deny"), &[]).await;
+    let denied = assert_problem(get_from(&app, "198.51.100.7").await.unwrap(), 403).await;
+    assert_eq!(denied["country"], "KP");
+    assert_eq!(get_from(&app, "203.0.113.9").await.unwrap().status(), 200);
+    assert_problem(get_from(&app, "192.0.2.1").await.unwrap(), 403).await;
+    // Health probes pass whatever the address.
+    let livez = app
+        .client
+        .get(app.url("/livez"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(livez.status(), 200);
+
+    let lenient = spawn_app_with_toml(&toml("allow"), &[]).await;
+    assert_eq!(get_from(&lenient, "192.0.2.1").await.unwrap().status(), 200);
+    assert_eq!(
+        get_from(&lenient, "198.51.100.7").await.unwrap().status(),
+        403
+    );
+}
+
+#[test]
+fn a_geoip_database_that_is_not_one_stops_startup_and_a_missing_one_is_a_warning() {
+    let garbage = std::env::temp_dir().join(format!("palisade-not-mmdb-{}", std::process::id()));
+    std::fs::write(&garbage, b"definitely not a MaxMind database").unwrap();
+    let settings = |path: &std::path::Path| {
+        let toml = format!(
+            "[geoip]\ndatabase = \"{}\"\ndeny = [\"KP\"]\n",
+            path.display()
+        );
+        palisade_server::config::load(&crate::helpers::options_with_file(&toml, &[]))
+            .unwrap()
+            .settings
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(palisade_server::startup::Application::build(&settings(
+            &garbage,
+        )))
+        .err()
+        .expect("startup refused");
+    assert!(err.to_string().contains("geoip.database"), "{err}");
+    std::fs::remove_file(&garbage).unwrap();
+    let missing = std::env::temp_dir().join("palisade-no-such-db.mmdb");
+    assert!(
+        rt.block_on(palisade_server::startup::Application::build(&settings(
+            &missing
+        )))
+        .is_ok()
+    );
+}

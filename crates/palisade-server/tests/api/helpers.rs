@@ -102,6 +102,7 @@ pub(crate) fn test_routes() -> Router {
         .route("/items/{id}", get(|| async { "item" }))
         .route("/runs/{name}", post(count_run))
         .route("/sleep/{name}", get(sleep_then_count))
+        .route("/status/{code}", get(status_and_count))
         .route("/ignore-body", post(|| async { "ignored" }))
 }
 
@@ -141,6 +142,16 @@ async fn sleep_then_count(
     tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(0))).await;
     *RUNS.lock().unwrap().entry(name).or_default() += 1;
     "slept"
+}
+
+/// Answers with `code`, counting a run of `status-{code}`.
+async fn status_and_count(axum::extract::Path(code): axum::extract::Path<u16>) -> http::StatusCode {
+    *RUNS
+        .lock()
+        .unwrap()
+        .entry(format!("status-{code}"))
+        .or_default() += 1;
+    http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_REQUEST)
 }
 
 fn panic_route() -> &'static str {
