@@ -149,37 +149,37 @@ where
         // 6. CORS: outside the rejecting layers below so browsers can read their problems;
         //    answers preflights without reaching them.
         .layer(option_layer(cors))
-        // GeoIP: a refusal by client address, as cheap as the host check; after CORS so
-        // browsers can read the 403. Off unless `geoip.database` names a file.
+        // 7. GeoIP: a refusal by client address, as cheap as the host check; after CORS so
+        //    browsers can read the 403. Off unless `geoip.database` names a file.
         .layer(option_layer(geoip))
-        // 7. Content validation: stateless checks of the request head (content type,
+        // 8. Content validation: stateless checks of the request head (content type,
         //    percent-encoding, header size); malformed requests cost no slot and no quota.
         .layer(option_layer(content_validation))
-        // 8. Load shedding: the concurrency limit and its queue, before any work that costs
+        // 9. Load shedding: the concurrency limit and its queue, before any work that costs
         //    (a Redis round trip for the rate limit, the handler); health paths exempt.
         .layer(option_layer(load_shed))
-        // 9. Rate limit: after everything that rejects for free, before any work it protects;
+        // 10. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // 10. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
+        // 11. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
         //     whatever reads the body below.
         .layer(body_timeout)
-        // 11. Body limit: before anything reads the body (idempotency, the handler); counts
+        // 12. Body limit: before anything reads the body (idempotency, the handler); counts
         //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
-        // Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
+        // 13. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
         //     counts as a failure; while open, answers 503 before any work.
         .layer(option_layer(breaker))
-        // 12. Request timeout: around idempotency and the handler, so a request that runs
+        // 14. Request timeout: around idempotency and the handler, so a request that runs
         //     too long is dropped (its key released) and answered 504.
         .layer(timeout)
-        // 13. Idempotency: after everything that rejects (a refused request never reserves a
+        // 15. Idempotency: after everything that rejects (a refused request never reserves a
         //     key), around the handler so a replay never runs it. Auth must run before it
         //     (and before the rate limit) once it lands, so the subject scopes the entries
         //     (issue 9).
         .layer(option_layer(idempotency))
         //
-        // Innermost. Panics become 500 problems, logged with the request id.
+        // 16. Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
 }

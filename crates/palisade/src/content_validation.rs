@@ -301,13 +301,13 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.rules.check(&req) {
             Ok(()) => RejectOr::inner(self.inner.call(req)),
-            Err(response) => RejectOr::reject(response),
+            Err(refused) => RejectOr::reject(*refused),
         }
     }
 }
 
 impl Rules {
-    fn check<B: http_body::Body>(&self, req: &Request<B>) -> Result<(), Response<Body>> {
+    fn check<B: http_body::Body>(&self, req: &Request<B>) -> Result<(), Refused> {
         check_headers(req.headers(), self.max_headers, self.max_header_bytes)?;
         let uri = req.uri();
         check_encoding(uri.path().as_bytes(), "path")?;
@@ -326,7 +326,7 @@ impl Rules {
     }
 }
 
-fn check_headers(headers: &HeaderMap, max: usize, max_bytes: usize) -> Result<(), Response<Body>> {
+fn check_headers(headers: &HeaderMap, max: usize, max_bytes: usize) -> Result<(), Refused> {
     if headers.len() > max {
         return Err(too_large(format!(
             "The request has {} header fields; at most {max} are accepted.",
@@ -345,14 +345,19 @@ fn check_headers(headers: &HeaderMap, max: usize, max_bytes: usize) -> Result<()
     Ok(())
 }
 
-fn too_large(detail: String) -> Response<Body> {
-    Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-        .with_detail(detail)
-        .into_response()
+/// A refusal: boxed, since the common path carries nothing.
+type Refused = Box<Response<Body>>;
+
+fn too_large(detail: String) -> Refused {
+    Box::new(
+        Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            .with_detail(detail)
+            .into_response(),
+    )
 }
 
 /// Every `%` starts two hex digits, and none encodes NUL.
-fn check_encoding(bytes: &[u8], part: &'static str) -> Result<(), Response<Body>> {
+fn check_encoding(bytes: &[u8], part: &'static str) -> Result<(), Refused> {
     let mut i = 0;
     while let Some(pos) = memchr_percent(&bytes[i..]) {
         let at = i + pos;
@@ -380,14 +385,16 @@ fn memchr_percent(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'%')
 }
 
-fn bad_encoding(part: &'static str, why: &'static str) -> Response<Body> {
-    Problem::new(StatusCode::BAD_REQUEST)
-        .with_title("Malformed request target")
-        .with_detail(format!("The request {part} is malformed: {why}."))
-        .into_response()
+fn bad_encoding(part: &'static str, why: &'static str) -> Refused {
+    Box::new(
+        Problem::new(StatusCode::BAD_REQUEST)
+            .with_title("Malformed request target")
+            .with_detail(format!("The request {part} is malformed: {why}."))
+            .into_response(),
+    )
 }
 
-fn unsupported(method: &Method, allowed: &Allowed) -> Response<Body> {
+fn unsupported(method: &Method, allowed: &Allowed) -> Refused {
     let accepted = allowed
         .names
         .iter()
@@ -408,7 +415,7 @@ fn unsupported(method: &Method, allowed: &Allowed) -> Response<Body> {
     if let Some(name) = announce {
         res.headers_mut().insert(name, allowed.listed.clone());
     }
-    res
+    Box::new(res)
 }
 
 #[cfg(test)]
@@ -468,8 +475,10 @@ mod tests {
         );
         let err = ContentValidationLayer::new(&config).unwrap_err();
         assert_eq!(err.key, "content_types.POST[1]");
-        let mut config = ContentValidationConfig::default();
-        config.max_headers = 0;
+        let config = ContentValidationConfig {
+            max_headers: 0,
+            ..ContentValidationConfig::default()
+        };
         assert_eq!(
             ContentValidationLayer::new(&config).unwrap_err().key,
             "max_headers"

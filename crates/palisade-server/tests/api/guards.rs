@@ -529,12 +529,12 @@ fn a_geoip_database_that_is_not_one_stops_startup_and_a_missing_one_is_a_warning
         .enable_all()
         .build()
         .unwrap();
-    let err = rt
-        .block_on(palisade_server::startup::Application::build(&settings(
-            &garbage,
-        )))
-        .err()
-        .expect("startup refused");
+    let built = rt.block_on(palisade_server::startup::Application::build(&settings(
+        &garbage,
+    )));
+    let Err(err) = built else {
+        panic!("startup accepted a file that is not a MaxMind DB");
+    };
     assert!(err.to_string().contains("geoip.database"), "{err}");
     std::fs::remove_file(&garbage).unwrap();
     let missing = std::env::temp_dir().join("palisade-no-such-db.mmdb");
