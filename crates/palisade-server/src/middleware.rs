@@ -114,8 +114,13 @@ where
         .then(|| LoadShedLayer::new(&settings.load_shed, exempt.clone()))
         .transpose()
         .map_err(|e| config_err("load_shed", e))?;
-    let timeout = TimeoutLayer::new(&settings.timeout).map_err(|e| config_err("timeout", e))?;
-    let body_timeout = RequestBodyTimeoutLayer::new(settings.timeout.body_idle.get());
+    let timeouts = settings.timeout.enabled;
+    let timeout = timeouts
+        .then(|| TimeoutLayer::new(&settings.timeout))
+        .transpose()
+        .map_err(|e| config_err("timeout", e))?;
+    let body_timeout =
+        timeouts.then(|| RequestBodyTimeoutLayer::new(settings.timeout.body_idle.get()));
     // One Redis connection for every store that uses Redis.
     let redis = shared_redis(settings).map_err(|e| config_err("redis", e))?;
     let rate_limit = rate_limiter(settings, exempt, redis.as_ref())
@@ -163,7 +168,7 @@ where
         .layer(option_layer(rate_limit))
         // 11. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
         //     whatever reads the body below.
-        .layer(body_timeout)
+        .layer(option_layer(body_timeout))
         // 12. Body limit: before anything reads the body (idempotency, the handler); counts
         //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
@@ -172,7 +177,7 @@ where
         .layer(option_layer(breaker))
         // 14. Request timeout: around idempotency and the handler, so a request that runs
         //     too long is dropped (its key released) and answered 504.
-        .layer(timeout)
+        .layer(option_layer(timeout))
         // 15. Idempotency: after everything that rejects (a refused request never reserves a
         //     key), around the handler so a replay never runs it. Auth must run before it
         //     (and before the rate limit) once it lands, so the subject scopes the entries

@@ -111,12 +111,15 @@ impl Application {
             max_connections: settings.server.max_connections,
             max_connections_per_ip: settings.server.max_connections_per_ip,
             trusted_proxies: palisade::client_ip::TrustedProxies::new(&settings.client_ip),
-            // Above the content-validation limit, so clients get its 431 problem.
-            max_header_fields: if settings.content_validation.enabled {
-                (settings.content_validation.max_headers * 2).max(100)
-            } else {
-                100
-            },
+            // Above the content-validation limits, so clients get its 431 problem; hyper's
+            // own default (100 fields, kept on the stack) unless more are allowed.
+            max_header_fields: (settings.content_validation.enabled
+                && settings.content_validation.max_headers >= 100)
+                .then(|| settings.content_validation.max_headers * 2),
+            max_h2_header_list: settings.content_validation.enabled.then(|| {
+                let cv = &settings.content_validation;
+                u32::try_from(cv.max_header_bytes + 32 * cv.max_headers + 1024).unwrap_or(u32::MAX)
+            }),
         };
         let serve_health = health.clone();
         let run: Runner = Box::new(move |shutdown| {

@@ -47,8 +47,11 @@ use crate::{
     path_pattern::RouteMatch, problem::Problem,
 };
 
-/// Default `max_headers`: 100 fields.
-pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default `max_headers`: 64 fields (below the HTTP parser's 100, so clients get the `431`
+/// problem and the parser keeps its arrays on the stack).
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// The largest accepted `max_headers`.
+pub const MAX_MAX_HEADERS: usize = 1000;
 /// Default `max_header_bytes`: 32 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 << 10;
 
@@ -77,7 +80,7 @@ pub struct ContentValidationConfig {
     pub content_types: BTreeMap<String, Vec<String>>,
     /// Per-route allowlists, first match wins; they replace the per-method list.
     pub routes: Vec<ContentTypeRouteConfig>,
-    /// Most header fields in a request. Default `100`.
+    /// Most header fields in a request, at most 1000. Default `64`.
     pub max_headers: usize,
     /// Most bytes of header names and values in a request. Default 32 KiB.
     pub max_header_bytes: usize,
@@ -246,11 +249,17 @@ impl ContentValidationLayer {
                 Allowed::new(&format!("routes[{i}].content_types"), &r.content_types)?,
             ));
         }
-        if config.max_headers == 0 {
-            return Err(ConfigError::new("max_headers", "must be at least 1"));
+        if config.max_headers == 0 || config.max_headers > MAX_MAX_HEADERS {
+            return Err(ConfigError::new(
+                "max_headers",
+                format!("must be between 1 and {MAX_MAX_HEADERS}"),
+            ));
         }
-        if config.max_header_bytes < 256 {
-            return Err(ConfigError::new("max_header_bytes", "must be at least 256"));
+        if !(256..=1 << 20).contains(&config.max_header_bytes) {
+            return Err(ConfigError::new(
+                "max_header_bytes",
+                "must be between 256 and 1048576",
+            ));
         }
         Ok(Self {
             rules: Arc::new(Rules {

@@ -156,8 +156,8 @@ impl Settings {
             ),
             ("server.keep_alive_timeout", self.server.keep_alive_timeout),
         ] {
-            if d.get().is_zero() {
-                return err(key, "must be greater than 0s".into());
+            if d.get().is_zero() || d.get() > std::time::Duration::from_secs(86_400) {
+                return err(key, "must be greater than 0s and at most 1 day".into());
             }
         }
         for (key, n) in [

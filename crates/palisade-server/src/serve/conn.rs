@@ -12,6 +12,10 @@
 //!   request, at most `keep_alive_timeout`.
 //! - While a request is in progress the socket has no deadline: the request-body idle
 //!   timeout and the request timeout (layers in the stack) bound it.
+//! - After a `101 Switching Protocols` (a WebSocket) or a `CONNECT` answered 2xx, the socket
+//!   belongs to the upgraded protocol: no HTTP deadline applies any more.
+//! - HTTP/2 (the connection starts with its preface): control frames arrive between
+//!   streams, so only the keep-alive deadline applies while no stream is open.
 //!
 //! A deadline that passes makes the next read fail, and hyper closes the connection.
 
@@ -20,7 +24,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -43,7 +47,13 @@ use tower::{Service, ServiceExt};
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
     requests: AtomicUsize,
+    /// Requests started so far: a change tells the reader a request came and went even if
+    /// it never read the socket meanwhile (pipelined heads already buffered by hyper).
+    started: AtomicU64,
     reader: AtomicWaker,
+    /// Switched protocols (`101`, a WebSocket): the socket now belongs to the upgrade, and
+    /// HTTP deadlines no longer apply.
+    upgraded: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +79,12 @@ pin_project! {
         // Armed only when a read has to wait; reset only when the deadline moved.
         sleep: Pin<Box<Sleep>>,
         armed_for: Option<Instant>,
+        // `ConnState::started` when last seen.
+        seen: u64,
+        // HTTP/2 (prior knowledge): control frames arrive between streams, so bytes do not
+        // start a "request head"; only the keep-alive deadline applies between streams.
+        h2: bool,
+        first_read: bool,
     }
 }
 
@@ -90,6 +106,9 @@ impl<T> GuardedIo<T> {
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed_for: Some(deadline),
+            seen: 0,
+            h2: false,
+            first_read: true,
         }
     }
 }
@@ -101,6 +120,9 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if this.state.upgraded.load(Ordering::Acquire) {
+            return this.io.poll_read(cx, buf);
+        }
         if this.state.requests.load(Ordering::Acquire) > 0 {
             *this.phase = Phase::Busy;
             let res = this.io.poll_read(cx, buf);
@@ -113,15 +135,22 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
             }
             return res;
         }
-        if *this.phase == Phase::Busy {
+        let started = this.state.started.load(Ordering::Acquire);
+        if *this.phase == Phase::Busy || started != *this.seen {
             // The last response is done: the keep-alive clock starts.
+            *this.seen = started;
             *this.phase = Phase::Idle;
             *this.deadline = Instant::now() + *this.keep_alive;
         }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if *this.phase == Phase::Idle && buf.filled().len() > before {
+                if std::mem::take(this.first_read) && buf.filled()[before..].starts_with(b"PRI ") {
+                    // The HTTP/2 preface: from now on only the idle deadline applies.
+                    *this.h2 = true;
+                    *this.phase = Phase::Idle;
+                    *this.deadline = Instant::now() + *this.keep_alive;
+                } else if *this.phase == Phase::Idle && !*this.h2 && buf.filled().len() > before {
                     // A new request starts: its head must be complete in time.
                     *this.phase = Phase::Head;
                     *this.deadline = Instant::now() + *this.header_read;
@@ -184,6 +213,7 @@ pub(crate) struct InProgress(Arc<ConnState>);
 
 impl InProgress {
     fn start(state: &Arc<ConnState>) -> Self {
+        state.started.fetch_add(1, Ordering::AcqRel);
         state.requests.fetch_add(1, Ordering::AcqRel);
         Self(state.clone())
     }
@@ -215,9 +245,11 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.info);
+        let connect = req.method() == http::Method::CONNECT;
         ConnFuture {
             inner: self.svc.clone().oneshot(req),
             guard: Some(InProgress::start(&self.state)),
+            connect,
         }
     }
 }
@@ -228,6 +260,8 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Option<InProgress>,
+        // A CONNECT answered 2xx is a tunnel, like a 101.
+        connect: bool,
     }
 }
 
@@ -241,6 +275,13 @@ where
         let this = self.project();
         let Ok(res) = std::task::ready!(this.inner.poll(cx));
         let guard = this.guard.take();
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            || (*this.connect && res.status().is_success())
+        {
+            if let Some(g) = &guard {
+                g.0.upgraded.store(true, Ordering::Release);
+            }
+        }
         Poll::Ready(Ok(res.map(|inner| ConnBody {
             inner,
             _guard: guard,

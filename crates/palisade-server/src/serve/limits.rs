@@ -78,8 +78,13 @@ impl ConnectionLimits {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a connection from `peer`, or says which limit refuses it.
+    /// Admits a connection from `peer`, or says which limit refuses it. IPv6 peers count
+    /// by their /64 (one host or subscriber gets a whole /64), IPv4-mapped ones as IPv4.
     pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refused> {
+        let peer = match peer.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        };
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
@@ -164,5 +169,24 @@ mod tests {
         }
         assert_eq!(l.tracked_ips(), 0);
         assert_eq!(l.open(), 0);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_peer_and_mapped_ipv4_as_ipv4() {
+        let l = limits(100, 2);
+        let _a = l.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _b = l.admit("2001:db8:1:2::ffff:1".parse().unwrap()).unwrap();
+        assert_eq!(
+            l.admit("2001:db8:1:2:abcd::9".parse().unwrap())
+                .unwrap_err(),
+            Refused::PerIp
+        );
+        let _other_net = l.admit("2001:db8:1:3::1".parse().unwrap()).unwrap();
+        let _v4 = l.admit("192.0.2.7".parse().unwrap()).unwrap();
+        let _mapped = l.admit("::ffff:192.0.2.7".parse().unwrap()).unwrap();
+        assert_eq!(
+            l.admit("192.0.2.7".parse().unwrap()).unwrap_err(),
+            Refused::PerIp
+        );
     }
 }

@@ -43,8 +43,12 @@ pub(crate) struct ServeOptions {
     pub(crate) max_connections_per_ip: usize,
     /// Peers exempt from the per-IP connection limit.
     pub(crate) trusted_proxies: TrustedProxies,
-    /// hyper's hard limit on header fields (bare `431` beyond it).
-    pub(crate) max_header_fields: usize,
+    /// hyper's hard limit on HTTP/1 header fields (bare `431` beyond it); `None`: hyper's
+    /// default, 100.
+    pub(crate) max_header_fields: Option<usize>,
+    /// HTTP/2's limit on the header list (h2 answers a bare `431` beyond it); `None`: h2's
+    /// default, 16 KiB.
+    pub(crate) max_h2_header_list: Option<u32>,
 }
 
 /// Serves until `shutdown` resolves, then: readiness fails at once, connections are still
@@ -72,8 +76,13 @@ pub(crate) async fn serve<S, B>(
         .http1()
         .timer(TokioTimer::new())
         // The header-read and keep-alive deadlines are ours (see `conn`).
-        .header_read_timeout(None)
-        .max_headers(opts.max_header_fields);
+        .header_read_timeout(None);
+    if let Some(n) = opts.max_header_fields {
+        builder.http1().max_headers(n);
+    }
+    if let Some(n) = opts.max_h2_header_list {
+        builder.http2().max_header_list_size(n);
+    }
     let graceful = GracefulShutdown::new();
     let limits = Arc::new(ConnectionLimits::new(
         opts.max_connections,

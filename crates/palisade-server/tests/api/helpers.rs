@@ -103,6 +103,7 @@ pub(crate) fn test_routes() -> Router {
         .route("/runs/{name}", post(count_run))
         .route("/sleep/{name}", get(sleep_then_count))
         .route("/status/{code}", get(status_and_count))
+        .route("/upgrade-echo", get(upgrade_echo))
         .route("/ignore-body", post(|| async { "ignored" }))
 }
 
@@ -152,6 +153,28 @@ async fn status_and_count(axum::extract::Path(code): axum::extract::Path<u16>) -
         .entry(format!("status-{code}"))
         .or_default() += 1;
     http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_REQUEST)
+}
+
+/// Switches to a raw echo protocol (`Upgrade: echo`), as a WebSocket handshake would.
+async fn upgrade_echo(mut req: axum::extract::Request) -> axum::response::Response {
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    axum::response::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "echo")
+        .body(axum::body::Body::empty())
+        .unwrap()
 }
 
 fn panic_route() -> &'static str {

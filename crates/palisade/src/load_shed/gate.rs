@@ -66,11 +66,18 @@ impl Gate {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let place = self.queued.fetch_add(1, Ordering::AcqRel);
-        let _place = QueuePlace(&self.queued);
-        if place >= self.max_queue {
+        // Take a place only while one is free, so refused arrivals never crowd out others.
+        let max = self.max_queue;
+        if self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(Shed::QueueFull);
         }
+        let _place = QueuePlace(&self.queued);
         match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a full queue anyway.

@@ -70,6 +70,9 @@ pub struct TimeoutRouteConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
+    /// Off: neither the request deadline nor the body idle timeout (the caller decides
+    /// whether to install the layers). Default `true`.
+    pub enabled: bool,
     /// Deadline for requests no rule matches. Default `30s`.
     pub request: ConfigDuration,
     /// Longest pause between two pieces of a request body. Default `10s`.
@@ -81,6 +84,7 @@ pub struct TimeoutConfig {
 impl Default for TimeoutConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             request: DEFAULT_REQUEST_TIMEOUT,
             body_idle: DEFAULT_BODY_IDLE_TIMEOUT,
             routes: Vec::new(),
