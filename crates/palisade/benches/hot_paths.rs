@@ -133,6 +133,92 @@ fn layers(c: &mut Criterion) {
     });
 }
 
+/// A GET like a browser's or an SDK's: eight ordinary headers.
+fn request_with_headers() -> Request<Body> {
+    let mut req = request();
+    for (name, value) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("accept-language", "en"),
+        ("x-request-id", "0191e3c4-5b6a-7c8d-9e0f-a1b2c3d4e5f6"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("cookie", "session=abc"),
+    ] {
+        req.headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
+    }
+    *req.uri_mut() = "/items/a%20b?page=2&q=caf%C3%A9".parse().unwrap();
+    req
+}
+
+/// The request guards one by one and together, on a GET (the common case: no body).
+fn guards(c: &mut Criterion) {
+    use palisade::{
+        content_validation::{ContentValidationConfig, ContentValidationLayer},
+        exempt::ExemptPaths,
+        load_shed::{LoadShedConfig, LoadShedLayer},
+        timeout::{RequestBodyTimeoutLayer, TimeoutConfig, TimeoutLayer},
+    };
+    // Timers need a runtime with time enabled; the baseline runs on the same one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let bare = tower::service_fn(ok);
+    c.bench_function("guards/none_baseline", |b| {
+        b.iter(|| rt.block_on(bare.oneshot(request_with_headers())).unwrap())
+    });
+    let validation = ContentValidationLayer::new(&ContentValidationConfig::default())
+        .unwrap()
+        .layer(tower::service_fn(ok));
+    c.bench_function("guards/content_validation", |b| {
+        b.iter(|| {
+            rt.block_on(validation.clone().oneshot(request_with_headers()))
+                .unwrap()
+        })
+    });
+    let shed = LoadShedLayer::new(&LoadShedConfig::default(), ExemptPaths::health())
+        .unwrap()
+        .layer(tower::service_fn(ok));
+    c.bench_function("guards/load_shed", |b| {
+        b.iter(|| {
+            rt.block_on(shed.clone().oneshot(request_with_headers()))
+                .unwrap()
+        })
+    });
+    let timeout = TimeoutLayer::new(&TimeoutConfig::default())
+        .unwrap()
+        .layer(tower::service_fn(ok));
+    c.bench_function("guards/timeout", |b| {
+        b.iter(|| {
+            rt.block_on(timeout.clone().oneshot(request_with_headers()))
+                .unwrap()
+        })
+    });
+    let config = TimeoutConfig::default();
+    let all = tower::ServiceBuilder::new()
+        .layer(ContentValidationLayer::new(&ContentValidationConfig::default()).unwrap())
+        .layer(LoadShedLayer::new(&LoadShedConfig::default(), ExemptPaths::health()).unwrap())
+        .layer(RequestBodyTimeoutLayer::new(config.body_idle.get()))
+        .layer(TimeoutLayer::new(&config).unwrap())
+        .service(tower::service_fn(
+            |_req: Request<palisade::timeout::TimeoutBody<Body>>| async {
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            },
+        ));
+    c.bench_function("guards/all_four", |b| {
+        b.iter(|| {
+            rt.block_on(all.clone().oneshot(request_with_headers()))
+                .unwrap()
+        })
+    });
+}
+
 /// The in-memory decision alone, with one tracked client and with a million.
 fn rate_limit(c: &mut Criterion) {
     let store = Arc::new(MemoryStore::with_max_keys(4_000_000));
@@ -363,6 +449,7 @@ criterion_group!(
     client_ip,
     problem,
     layers,
+    guards,
     rate_limit,
     idempotency,
     geoip
