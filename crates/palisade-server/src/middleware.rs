@@ -98,10 +98,8 @@ where
         .map_err(|e| config_err("trusted_hosts", e))?;
     let geoip =
         GeoIpLayer::new(&settings.geoip, exempt.clone()).map_err(|e| config_err("geoip", e))?;
-    let breaker = breaker
-        .map(|b| CircuitBreakerLayer::new(b).with_routes(&settings.circuit_breaker.routes))
-        .transpose()
-        .map_err(|e| config_err("circuit_breaker", e))?;
+    // The breaker guards the routes of its own config.
+    let breaker = breaker.map(CircuitBreakerLayer::new);
     let content_validation = settings
         .content_validation
         .enabled

@@ -49,14 +49,19 @@ use std::{
 use axum_core::body::Body;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{error::ConfigError, future::RejectOr, path_pattern::RouteMatch, problem::Problem};
+use crate::{
+    error::ConfigError,
+    future::RejectOr,
+    path_pattern::{RouteMatch, RouteRules},
+    problem::{Problem, close_connection},
+};
 
 /// Default limit: 1 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
@@ -96,15 +101,15 @@ impl Default for BodyLimitConfig {
 #[derive(Debug)]
 struct Rules {
     default: u64,
-    routes: Box<[(RouteMatch, u64)]>,
+    routes: RouteRules<u64>,
 }
 
 impl Rules {
     fn limit(&self, method: &Method, path: &str) -> u64 {
         self.routes
-            .iter()
-            .find(|(route, _)| route.matches(method, path))
-            .map_or(self.default, |r| r.1)
+            .find(method, path)
+            .copied()
+            .unwrap_or(self.default)
     }
 }
 
@@ -125,7 +130,7 @@ impl BodyLimitLayer {
         Ok(Self {
             rules: Arc::new(Rules {
                 default: config.max_bytes,
-                routes: routes.into(),
+                routes: RouteRules::new(routes),
             }),
         })
     }
@@ -135,7 +140,7 @@ impl BodyLimitLayer {
         Self {
             rules: Arc::new(Rules {
                 default: bytes,
-                routes: Box::new([]),
+                routes: RouteRules::none(),
             }),
         }
     }
@@ -245,14 +250,8 @@ fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
     Ok(found)
 }
 
-fn close(mut res: Response<Body>) -> Response<Body> {
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    res
-}
-
 fn too_large(limit: u64) -> Response<Body> {
-    close(
+    close_connection(
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
             .with_detail(format!("The request body may have at most {limit} bytes."))
             .into_response(),
@@ -260,7 +259,7 @@ fn too_large(limit: u64) -> Response<Body> {
 }
 
 fn malformed_length() -> Response<Body> {
-    close(
+    close_connection(
         Problem::new(StatusCode::BAD_REQUEST)
             .with_detail(
                 "Content-Length is malformed, or given several times with different values.",

@@ -43,8 +43,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    error::ConfigError, future::RejectOr, macros::define_inner_service_accessors,
-    path_pattern::RouteMatch, problem::Problem,
+    error::ConfigError,
+    future::RejectOr,
+    macros::define_inner_service_accessors,
+    path_pattern::{RouteMatch, RouteRules},
+    problem::Problem,
 };
 
 /// Default `max_headers`: 64 fields (below the HTTP parser's 100, so clients get the `431`
@@ -208,14 +211,14 @@ impl Allowed {
 #[derive(Debug)]
 struct Rules {
     by_method: Box<[(Method, Option<Arc<Allowed>>)]>,
-    routes: Box<[(RouteMatch, Option<Arc<Allowed>>)]>,
+    routes: RouteRules<Option<Arc<Allowed>>>,
     max_headers: usize,
     max_header_bytes: usize,
 }
 
 impl Rules {
     fn allowed(&self, method: &Method, path: &str) -> Option<&Arc<Allowed>> {
-        if let Some((_, allowed)) = self.routes.iter().find(|(r, _)| r.matches(method, path)) {
+        if let Some(allowed) = self.routes.find(method, path) {
             return allowed.as_ref();
         }
         self.by_method
@@ -264,7 +267,7 @@ impl ContentValidationLayer {
         Ok(Self {
             rules: Arc::new(Rules {
                 by_method: by_method.into(),
-                routes: routes.into(),
+                routes: RouteRules::new(routes),
                 max_headers: config.max_headers,
                 max_header_bytes: config.max_header_bytes,
             }),

@@ -100,6 +100,28 @@ impl RouteMatch {
     }
 }
 
+/// Per-route values, first matching rule wins: the shared lookup of the layers' `routes`.
+#[derive(Debug)]
+pub(crate) struct RouteRules<T>(Box<[(RouteMatch, T)]>);
+
+impl<T> RouteRules<T> {
+    pub(crate) fn new(rules: Vec<(RouteMatch, T)>) -> Self {
+        Self(rules.into())
+    }
+
+    pub(crate) fn none() -> Self {
+        Self(Box::new([]))
+    }
+
+    /// The value of the first rule matching `method` and `path`.
+    pub(crate) fn find(&self, method: &http::Method, path: &str) -> Option<&T> {
+        self.0
+            .iter()
+            .find(|(route, _)| route.matches(method, path))
+            .map(|(_, value)| value)
+    }
+}
+
 /// Parses config method names (`"post"`, `" PATCH "`), for per-route rules.
 pub(crate) fn parse_methods(names: &[String]) -> Result<Box<[http::Method]>, String> {
     names

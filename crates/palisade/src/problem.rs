@@ -194,6 +194,14 @@ impl axum_core::response::IntoResponse for Problem {
     }
 }
 
+/// Marks `res` to close the connection after it (`Connection: close`): for rejections that
+/// leave the rest of a request body unread.
+pub(crate) fn close_connection(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 /// Whether `headers` say the body is `application/problem+json`.
 pub fn is_problem(headers: &http::HeaderMap) -> bool {
     headers

@@ -235,10 +235,6 @@ impl Settings {
         }
         if let Err(e) =
             palisade::circuit_breaker::CircuitBreaker::new("circuit_breaker", &self.circuit_breaker)
-                .and_then(|b| {
-                    palisade::circuit_breaker::CircuitBreakerLayer::new(b)
-                        .with_routes(&self.circuit_breaker.routes)
-                })
         {
             return err(&format!("circuit_breaker.{}", e.key), e.message);
         }

@@ -60,10 +60,9 @@ pub(crate) struct ConnState {
 enum Phase {
     /// Waiting for the first byte of the next request.
     Idle,
-    /// Reading a request head.
+    /// Reading a request head (or, while `requests > 0`, the request in progress: its end
+    /// shows as a new `started` count).
     Head,
-    /// A request is in progress.
-    Busy,
 }
 
 pin_project! {
@@ -78,7 +77,7 @@ pin_project! {
         deadline: Instant,
         // Armed only when a read has to wait; reset only when the deadline moved.
         sleep: Pin<Box<Sleep>>,
-        armed_for: Option<Instant>,
+        armed_for: Instant,
         // `ConnState::started` when last seen.
         seen: u64,
         // HTTP/2 (prior knowledge): control frames arrive between streams, so bytes do not
@@ -105,7 +104,7 @@ impl<T> GuardedIo<T> {
             phase: Phase::Head,
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            armed_for: Some(deadline),
+            armed_for: deadline,
             seen: 0,
             h2: false,
             first_read: true,
@@ -124,7 +123,6 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
             return this.io.poll_read(cx, buf);
         }
         if this.state.requests.load(Ordering::Acquire) > 0 {
-            *this.phase = Phase::Busy;
             let res = this.io.poll_read(cx, buf);
             if res.is_pending() {
                 this.state.reader.register(cx.waker());
@@ -136,7 +134,7 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
             return res;
         }
         let started = this.state.started.load(Ordering::Acquire);
-        if *this.phase == Phase::Busy || started != *this.seen {
+        if started != *this.seen {
             // The last response is done: the keep-alive clock starts.
             *this.seen = started;
             *this.phase = Phase::Idle;
@@ -159,9 +157,9 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if *this.armed_for != Some(*this.deadline) {
+                if *this.armed_for != *this.deadline {
                     this.sleep.as_mut().reset(*this.deadline);
-                    *this.armed_for = Some(*this.deadline);
+                    *this.armed_for = *this.deadline;
                 }
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     let what = if *this.phase == Phase::Idle {

@@ -21,8 +21,11 @@ use super::{
     gate::{Gate, Shed, TryEnter},
 };
 use crate::{
-    error::ConfigError, exempt::ExemptPaths, macros::define_inner_service_accessors,
-    path_pattern::RouteMatch, problem::Problem,
+    error::ConfigError,
+    exempt::ExemptPaths,
+    macros::define_inner_service_accessors,
+    path_pattern::{RouteMatch, RouteRules},
+    problem::Problem,
 };
 
 /// The most slots one limit can have.
@@ -31,7 +34,7 @@ const MAX_SLOTS: usize = tokio::sync::Semaphore::MAX_PERMITS;
 #[derive(Debug)]
 struct Shared {
     global: Gate,
-    routes: Box<[(RouteMatch, Arc<Gate>)]>,
+    routes: RouteRules<Arc<Gate>>,
     exempt: ExemptPaths,
     max_wait: Duration,
     retry_after: HeaderValue,
@@ -91,7 +94,7 @@ impl LoadShedLayer {
         Ok(Self {
             shared: Arc::new(Shared {
                 global: Gate::new(config.max_concurrency, config.max_queue),
-                routes: routes.into(),
+                routes: RouteRules::new(routes),
                 exempt,
                 max_wait: config.max_queue_wait.get(),
                 retry_after: HeaderValue::from(retry_after_secs),
@@ -151,11 +154,7 @@ where
         if shared.exempt.contains(req.uri().path()) {
             return ResponseFuture::running(self.inner.call(req), None, None);
         }
-        let route = shared
-            .routes
-            .iter()
-            .find(|(r, _)| r.matches(req.method(), req.uri().path()))
-            .map(|(_, gate)| gate);
+        let route = shared.routes.find(req.method(), req.uri().path());
 
         // Fast path: free slots, no waiting, no allocation.
         let route_permit = match route.map(|g| g.try_enter()) {

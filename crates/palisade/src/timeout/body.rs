@@ -14,14 +14,17 @@ use std::{
 
 use axum_core::body::Body;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{macros::define_inner_service_accessors, problem::Problem};
+use crate::{
+    macros::define_inner_service_accessors,
+    problem::{Problem, close_connection},
+};
 
 /// Fails a request body that pauses longer than the idle timeout, and answers `408` with
 /// `Connection: close` in place of whatever the handler answered. See the
@@ -129,16 +132,15 @@ where
 }
 
 fn stalled(idle: Duration) -> Response<Body> {
-    let mut res = Problem::new(StatusCode::REQUEST_TIMEOUT)
-        .with_title("Request body timed out")
-        .with_detail(format!(
-            "The request body stalled for more than {} ms.",
-            idle.as_millis()
-        ))
-        .into_response();
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    res
+    close_connection(
+        Problem::new(StatusCode::REQUEST_TIMEOUT)
+            .with_title("Request body timed out")
+            .with_detail(format!(
+                "The request body stalled for more than {} ms.",
+                idle.as_millis()
+            ))
+            .into_response(),
+    )
 }
 
 /// The error a [`TimeoutBody`] yields when the client stalls. The layer answers `408`

@@ -17,22 +17,24 @@ use tower_service::Service;
 
 use super::{TimeoutConfig, check_timeout};
 use crate::{
-    error::ConfigError, macros::define_inner_service_accessors, path_pattern::RouteMatch,
+    error::ConfigError,
+    macros::define_inner_service_accessors,
+    path_pattern::{RouteMatch, RouteRules},
     problem::Problem,
 };
 
 #[derive(Debug)]
 struct Rules {
     default: Duration,
-    routes: Box<[(RouteMatch, Duration)]>,
+    routes: RouteRules<Duration>,
 }
 
 impl Rules {
     fn deadline(&self, method: &Method, path: &str) -> Duration {
         self.routes
-            .iter()
-            .find(|(route, _)| route.matches(method, path))
-            .map_or(self.default, |r| r.1)
+            .find(method, path)
+            .copied()
+            .unwrap_or(self.default)
     }
 }
 
@@ -59,7 +61,7 @@ impl TimeoutLayer {
         Ok(Self {
             rules: Arc::new(Rules {
                 default: config.request.get(),
-                routes: routes.into(),
+                routes: RouteRules::new(routes),
             }),
         })
     }
@@ -69,7 +71,7 @@ impl TimeoutLayer {
         Self {
             rules: Arc::new(Rules {
                 default: deadline,
-                routes: Box::new([]),
+                routes: RouteRules::none(),
             }),
         }
     }
