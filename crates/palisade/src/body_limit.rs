@@ -61,6 +61,7 @@ use crate::{
     future::RejectOr,
     path_pattern::{RouteMatch, RouteRules},
     problem::{Problem, close_connection},
+    rejection::Rejection,
 };
 
 /// Default limit: 1 MiB.
@@ -254,6 +255,7 @@ fn too_large(limit: u64) -> Response<Body> {
     close_connection(
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
             .with_detail(format!("The request body may have at most {limit} bytes."))
+            .with_rejection(Rejection::BodyTooLarge)
             .into_response(),
     )
 }
@@ -264,6 +266,7 @@ fn malformed_length() -> Response<Body> {
             .with_detail(
                 "Content-Length is malformed, or given several times with different values.",
             )
+            .with_rejection(Rejection::MalformedLength)
             .into_response(),
     )
 }

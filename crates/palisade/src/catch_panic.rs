@@ -34,6 +34,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::problem::Problem;
+use crate::rejection::Rejection;
 
 /// Turns panics into 500 problems. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -132,5 +133,6 @@ fn log_panic(panic: &(dyn Any + Send)) {
 fn internal_error() -> Response<Body> {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
         .with_detail("the server hit an unexpected error; quote the request id when reporting it")
+        .with_rejection(Rejection::Panic)
         .into_response()
 }

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::rejection::Rejection;
 use crate::{
     error::ConfigError,
     future::RejectOr,
@@ -364,6 +365,7 @@ fn too_large(detail: String) -> Refused {
     Box::new(
         Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
             .with_detail(detail)
+            .with_rejection(Rejection::HeadersTooLarge)
             .into_response(),
     )
 }
@@ -402,6 +404,7 @@ fn bad_encoding(part: &'static str, why: &'static str) -> Refused {
         Problem::new(StatusCode::BAD_REQUEST)
             .with_title("Malformed request target")
             .with_detail(format!("The request {part} is malformed: {why}."))
+            .with_rejection(Rejection::MalformedTarget)
             .into_response(),
     )
 }
@@ -418,6 +421,7 @@ fn unsupported(method: &Method, allowed: &Allowed) -> Refused {
             allowed.listed.to_str().unwrap_or_default()
         ))
         .with_extension("accepted", accepted.into())
+        .with_rejection(Rejection::UnsupportedMediaType)
         .into_response();
     let announce = match *method {
         Method::POST => Some(HeaderName::from_static("accept-post")),

@@ -66,6 +66,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::rejection::Rejection;
 use crate::{
     context::RequestContext, error::ConfigError, exempt::ExemptPaths, future::RejectOr,
     problem::Problem,
@@ -318,7 +319,9 @@ impl Shared {
 }
 
 fn forbidden(country: Option<CountryCode>) -> Response<Body> {
-    let problem = Problem::new(StatusCode::FORBIDDEN).with_title("Forbidden by location");
+    let problem = Problem::new(StatusCode::FORBIDDEN)
+        .with_title("Forbidden by location")
+        .with_rejection(Rejection::Location);
     match country {
         Some(c) => problem
             .with_detail(format!(

@@ -39,6 +39,7 @@
 //! | [`request_id`] | id validation and UUIDv7 generation | — |
 //! | [`client_ip`] | client IP behind trusted proxies | — |
 //! | [`problem`] | RFC 9457 problem+json | — |
+//! | [`rejection`] | why a layer refused: a tag on every rejection, read by metrics | — |
 //! | [`problem_fallback`] | bare error responses become problems | — |
 //! | [`access_log`] | one log line per request | — |
 //! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
@@ -50,6 +51,7 @@
 //! | [`timeout`] | request deadlines per route (504), request-body idle timeout (408) | — |
 //! | [`catch_panic`] | panics become 500 problems | — |
 //! | [`circuit_breaker`] | closed / open / half-open per upstream or route group; 503 while open | — |
+//! | [`metrics`] | Prometheus metrics by route template, rejections, process; `/metrics` | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
 //! | [`duration`] | `"30s"`-style durations in config structs | — |
@@ -81,12 +83,14 @@ pub mod load_shed;
 #[cfg(feature = "json-log")]
 pub mod logging;
 mod macros;
+pub mod metrics;
 mod path_pattern;
 pub mod problem;
 pub mod problem_fallback;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis_connection;
+pub mod rejection;
 pub mod request_id;
 pub mod security_headers;
 pub mod store;

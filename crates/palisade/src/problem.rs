@@ -27,6 +27,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::rejection::Rejection;
+
 /// The `Content-Type` of every problem response.
 pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
@@ -41,6 +43,7 @@ pub struct Problem {
     instance: Option<String>,
     request_id: Option<String>,
     extensions: Map<String, Value>,
+    rejection: Option<Rejection>,
 }
 
 impl Problem {
@@ -54,6 +57,7 @@ impl Problem {
             instance: None,
             request_id: None,
             extensions: Map::new(),
+            rejection: None,
         }
     }
 
@@ -96,6 +100,13 @@ impl Problem {
         ) {
             self.extensions.insert(name, value);
         }
+        self
+    }
+
+    /// Tags the response with the layer and reason that rejected the request (read by the
+    /// metrics layer; see [`crate::rejection`]).
+    pub fn with_rejection(mut self, rejection: Rejection) -> Self {
+        self.rejection = Some(rejection);
         self
     }
 
@@ -172,6 +183,9 @@ impl Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, PROBLEM_JSON);
+        if let Some(r) = self.rejection {
+            response.extensions_mut().insert(r);
+        }
         response
     }
 }

@@ -30,6 +30,7 @@ use http::{Request, Response, StatusCode, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::rejection::Rejection;
 use crate::{error::ConfigError, exempt::ExemptPaths, future::RejectOr, problem::Problem};
 
 #[derive(Debug)]
@@ -180,6 +181,7 @@ where
             Problem::new(StatusCode::BAD_REQUEST)
                 .with_title("Host not allowed")
                 .with_detail(detail)
+                .with_rejection(Rejection::UntrustedHost)
                 .into_response(),
         )
     }

@@ -11,48 +11,6 @@ use pin_project_lite::pin_project;
 use super::sink::{AccessLogSink, Line};
 use crate::context::RequestContext;
 
-pin_project! {
-    /// A request body that counts the bytes the server reads into the request context.
-    pub struct RequestBody<B> {
-        #[pin]
-        inner: B,
-        ctx: Option<RequestContext>,
-    }
-}
-
-impl<B> RequestBody<B> {
-    pub(super) fn new(inner: B, ctx: Option<RequestContext>) -> Self {
-        Self { inner, ctx }
-    }
-}
-
-impl<B: Body> Body for RequestBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(ctx)) = (&frame, this.ctx.as_ref()) {
-            if let Some(data) = f.data_ref() {
-                ctx.add_request_body_bytes(data.remaining() as u64);
-            }
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// What the access-log line needs, written when dropped.
 pub(super) struct Entry {
     ctx: RequestContext,

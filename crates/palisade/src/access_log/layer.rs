@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::{
     AccessLogSink,
-    body::{AccessLogBody, Entry, RequestBody},
+    body::{AccessLogBody, Entry},
 };
 use crate::context::RequestContext;
 
@@ -77,7 +77,7 @@ impl<S> AccessLog<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: http_body::Body,
 {
     type Response = Response<AccessLogBody<ResBody>>;
@@ -94,13 +94,12 @@ where
         } else {
             None
         };
-        let pending = ctx.as_ref().map(|ctx| Pending {
-            ctx: ctx.clone(),
+        let pending = ctx.map(|ctx| Pending {
+            ctx,
             method: req.method().clone(),
             uri: req.uri().clone(),
             sink: self.sink.clone(),
         });
-        let req = req.map(|b| RequestBody::new(b, ctx));
         ResponseFuture {
             inner: self.inner.call(req),
             pending,

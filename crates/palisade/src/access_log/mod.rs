@@ -2,7 +2,7 @@
 //!
 //! The line is a `tracing` event with target `palisade::access` at `INFO` and the fields
 //! `request_id`, `correlation_id`, `method`, `route` (the matched template, or `-`), `path` (no query string:
-//! queries often hold tokens), `status`, `duration_ms`, `request_bytes` (body bytes read),
+//! queries often hold tokens), `status`, `duration_ms`, `request_bytes` (body bytes read, counted by the context layer),
 //! `response_bytes` (body bytes sent), `client_ip` and `completed` (`false` when the client went
 //! away before the body was sent). Headers are never logged, so `Authorization`, `Cookie`,
 //! `Set-Cookie` and API keys cannot leak through it.
@@ -36,7 +36,7 @@ mod body;
 mod layer;
 mod sink;
 
-pub use body::{AccessLogBody, RequestBody};
+pub use body::AccessLogBody;
 pub use layer::{AccessLog, AccessLogLayer, ResponseFuture};
 pub use sink::AccessLogSink;
 

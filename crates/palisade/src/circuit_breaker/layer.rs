@@ -15,6 +15,7 @@ use super::{
     BreakerOpen, CircuitBreaker, CircuitBreakerRouteConfig, Classify, ClientResponseFuture,
     ErrorClassifier, HttpClassifier, ResponseFuture, future::Guard,
 };
+use crate::rejection::Rejection;
 use crate::{error::ConfigError, path_pattern::RouteMatch, problem::Problem};
 
 /// The title of the `503` problem a refused request gets.
@@ -44,6 +45,7 @@ impl BreakerOpen {
                 "Requests here are paused after repeated failures; retry in {secs} second{}.",
                 if secs == 1 { "" } else { "s" }
             ))
+            .with_rejection(Rejection::CircuitOpen)
             .into_response();
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));

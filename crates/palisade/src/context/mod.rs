@@ -35,6 +35,7 @@
 //! Ordering: put [`RequestContextLayer`] outermost, so every other layer, the access log and
 //! every problem response see the same ids.
 
+mod body;
 mod layer;
 
 use std::{
@@ -51,6 +52,7 @@ use http::HeaderMap;
 
 use crate::request_id::{RequestId, X_CORRELATION_ID, X_REQUEST_ID};
 
+pub use body::RequestBody;
 pub use layer::{RequestContextConfig, RequestContextLayer, RequestContextService, ResponseFuture};
 
 tokio::task_local! {
@@ -158,7 +160,7 @@ impl RequestContext {
         self.0.route.set(route.into()).is_ok()
     }
 
-    /// Request body bytes read so far (maintained by the access log layer).
+    /// Request body bytes read so far (counted by [`RequestContextLayer`]'s body wrapper).
     pub fn request_body_bytes(&self) -> u64 {
         self.0.request_body_bytes.load(Ordering::Relaxed)
     }

@@ -25,7 +25,7 @@ use super::{
     EntryKey, Fingerprinter, Idempotency, IdempotencyKey, KeyError, Lease, Mode, Reservation,
     StoredResponse,
 };
-use crate::{future::RejectOr, problem::Problem};
+use crate::{future::RejectOr, problem::Problem, rejection::Rejection};
 
 /// `Idempotent-Replayed: true` on every replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -280,6 +280,7 @@ where
             .with_detail(format!(
                 "A request with an Idempotency-Key may have at most {limit} bytes of body."
             ))
+            .with_rejection(Rejection::IdempotencyBodyTooLarge)
             .into_response()
     };
     let announced = headers
@@ -354,6 +355,7 @@ fn replay(stored: &StoredResponse) -> Response<Body> {
                 stored.status.as_u16()
             ))
             .with_extension("original-status", stored.status.as_u16().into())
+            .with_rejection(Rejection::IdempotencyResponseUnavailable)
             .into_response();
     };
     let mut res = Response::new(Body::from(body.clone()));
@@ -370,6 +372,7 @@ fn invalid_key(e: KeyError) -> Response<Body> {
     Problem::new(StatusCode::BAD_REQUEST)
         .with_title("Invalid Idempotency-Key")
         .with_detail(e.to_string())
+        .with_rejection(Rejection::IdempotencyKeyInvalid)
         .into_response()
 }
 
@@ -377,6 +380,7 @@ fn missing_key() -> Response<Body> {
     Problem::new(StatusCode::BAD_REQUEST)
         .with_title("Idempotency-Key is missing")
         .with_detail("This operation requires an Idempotency-Key header.")
+        .with_rejection(Rejection::IdempotencyKeyMissing)
         .into_response()
 }
 
@@ -392,7 +396,8 @@ fn in_flight() -> Response<Body> {
     retry_in_a_second(
         Problem::new(StatusCode::CONFLICT)
             .with_title("A request with this Idempotency-Key is being processed")
-            .with_detail("Retry after the first request completes to get its response."),
+            .with_detail("Retry after the first request completes to get its response.")
+            .with_rejection(Rejection::IdempotencyInFlight),
     )
 }
 
@@ -400,6 +405,7 @@ fn mismatch() -> Response<Body> {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
         .with_title("Idempotency-Key is already used")
         .with_detail("This key was used for a request with a different method, path, query, content type or body.")
+        .with_rejection(Rejection::IdempotencyMismatch)
         .into_response()
 }
 
@@ -407,7 +413,8 @@ fn store_unavailable() -> Response<Body> {
     retry_in_a_second(
         Problem::new(StatusCode::SERVICE_UNAVAILABLE)
             .with_title("Service Unavailable")
-            .with_detail("Idempotency keys cannot be checked right now; retry shortly."),
+            .with_detail("Idempotency keys cannot be checked right now; retry shortly.")
+            .with_rejection(Rejection::IdempotencyStoreUnavailable),
     )
 }
 

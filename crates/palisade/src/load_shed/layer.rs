@@ -26,6 +26,7 @@ use crate::{
     macros::define_inner_service_accessors,
     path_pattern::{RouteMatch, RouteRules},
     problem::Problem,
+    rejection::Rejection,
 };
 
 /// The most slots one limit can have.
@@ -213,20 +214,21 @@ impl<S> LoadShed<S> {
 }
 
 fn shed(shared: &Shared, why: Shed) -> Response<Body> {
-    let (reason, detail) = match why {
+    let (rejection, detail) = match why {
         Shed::QueueFull => (
-            "queue_full",
+            Rejection::QueueFull,
             "The server is at capacity and its queue is full.",
         ),
         Shed::WaitedTooLong => (
-            "queue_timeout",
+            Rejection::QueueTimeout,
             "The server is at capacity; the request waited too long for its turn.",
         ),
     };
     let mut res = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
         .with_title("Server overloaded")
         .with_detail(format!("{detail} Retry in {} s.", shared.retry_after_secs))
-        .with_extension("reason", reason.into())
+        .with_extension("reason", rejection.reason().into())
+        .with_rejection(rejection)
         .into_response();
     res.headers_mut()
         .insert(header::RETRY_AFTER, shared.retry_after.clone());

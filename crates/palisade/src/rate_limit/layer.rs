@@ -17,7 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Decide, Decision, Policy, RateLimiter, StoreError};
-use crate::{context::RequestContext, error::ConfigError, problem::Problem};
+use crate::{context::RequestContext, error::ConfigError, problem::Problem, rejection::Rejection};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -260,6 +260,7 @@ fn reject(policy: &Policy, d: &Decision, legacy: bool) -> Response<Body> {
             if secs == 1 { "" } else { "s" }
         ))
         .with_extension("violated-policies", serde_json::Value::Array(violated))
+        .with_rejection(Rejection::RateLimited)
         .into_response();
     let headers = res.headers_mut();
     headers.insert(RETRY_AFTER, int_header(secs));
@@ -273,6 +274,7 @@ fn store_unavailable(e: &StoreError) -> Response<Body> {
     let mut res = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
         .with_title("Service Unavailable")
         .with_detail("The rate limiter cannot reach its store; retry shortly.")
+        .with_rejection(Rejection::RateLimitStoreUnavailable)
         .into_response();
     res.headers_mut().insert(RETRY_AFTER, int_header(1));
     res

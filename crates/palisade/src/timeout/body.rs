@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::rejection::Rejection;
 use crate::{
     macros::define_inner_service_accessors,
     problem::{Problem, close_connection},
@@ -139,6 +140,7 @@ fn stalled(idle: Duration) -> Response<Body> {
                 "The request body stalled for more than {} ms.",
                 idle.as_millis()
             ))
+            .with_rejection(Rejection::BodyTimeout)
             .into_response(),
     )
 }

@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{TimeoutConfig, check_timeout};
+use crate::rejection::Rejection;
 use crate::{
     error::ConfigError,
     macros::define_inner_service_accessors,
@@ -158,5 +159,6 @@ fn timed_out(deadline: Duration) -> Response<Body> {
             "The request did not complete within {} ms.",
             deadline.as_millis()
         ))
+        .with_rejection(Rejection::Timeout)
         .into_response()
 }
