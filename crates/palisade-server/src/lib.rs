@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod middleware;
 pub mod routes;
 mod serve;

@@ -26,11 +26,13 @@ use palisade::{
     geoip::GeoIpLayer,
     idempotency::{self, Idempotency, IdempotencyLayer, IdempotencyStore},
     load_shed::LoadShedLayer,
+    metrics::{Metrics, MetricsLayer},
     problem_fallback::ProblemFallbackLayer,
     rate_limit::{
         MemoryStore, RateLimitLayer, RateLimitStore, RateLimiter, StoreKind, redis::RedisStore,
     },
     redis_connection::RedisConnection,
+    response_time::ResponseTimeLayer,
     security_headers::SecurityHeadersLayer,
     timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
     trusted_host::TrustedHostLayer,
@@ -55,17 +57,19 @@ pub fn route_breaker(settings: &Settings) -> Result<Option<CircuitBreaker>, Star
         })
 }
 
-/// Wraps `router` in the full stack, in order. `breaker` comes from [`route_breaker`].
+/// Wraps `router` in the full stack, in order. `breaker` comes from [`route_breaker`];
+/// `metrics` (when on) records every request and gets the collectors of the layers built here.
 /// Errors name the config key at fault.
 pub fn apply_middleware<B>(
     router: Router,
     settings: &Settings,
     exempt: &ExemptPaths,
     breaker: Option<CircuitBreaker>,
+    metrics: Option<&Metrics>,
 ) -> Result<
     impl Service<
         Request<B>,
-        Response = Response<AccessLogBody<axum::body::Body>>,
+        Response = Response<palisade::metrics::ResponseBody<AccessLogBody<axum::body::Body>>>,
         Error = Infallible,
         Future = impl Send + 'static,
     > + Clone
@@ -99,6 +103,9 @@ where
     let geoip =
         GeoIpLayer::new(&settings.geoip, exempt.clone()).map_err(|e| config_err("geoip", e))?;
     // The breaker guards the routes of its own config.
+    if let (Some(m), Some(b)) = (metrics, &breaker) {
+        crate::metrics::breaker(m, b);
+    }
     let breaker = breaker.map(CircuitBreakerLayer::new);
     let content_validation = settings
         .content_validation
@@ -112,6 +119,9 @@ where
         .then(|| LoadShedLayer::new(&settings.load_shed, exempt.clone()))
         .transpose()
         .map_err(|e| config_err("load_shed", e))?;
+    if let (Some(m), Some(l)) = (metrics, &load_shed) {
+        crate::metrics::load_shed(m, l);
+    }
     let timeouts = settings.timeout.enabled;
     let timeout = timeouts
         .then(|| TimeoutLayer::new(&settings.timeout))
@@ -121,12 +131,12 @@ where
         timeouts.then(|| RequestBodyTimeoutLayer::new(settings.timeout.body_idle.get()));
     // One Redis connection for every store that uses Redis.
     let redis = shared_redis(settings).map_err(|e| config_err("redis", e))?;
-    let rate_limit = rate_limiter(settings, exempt, redis.as_ref())
+    let rate_limit = rate_limiter(settings, exempt, redis.as_ref(), metrics)
         .map_err(|e| config_err("rate_limit", e))?
         .map(RateLimitLayer::new);
     let body_limit =
         BodyLimitLayer::new(&settings.body_limit).map_err(|e| config_err("body_limit", e))?;
-    let idempotency = idempotency(settings, exempt, redis.as_ref())
+    let idempotency = idempotency(settings, exempt, redis.as_ref(), metrics)
         .map_err(|e| config_err("idempotency", e))?
         .map(IdempotencyLayer::new);
 
@@ -134,55 +144,62 @@ where
         // 1. Request context: ids, client IP and the task-local come first so every layer
         //    below, every log line and every problem body carries the same request id.
         .layer(context)
-        // 2. Access log: sees the final status of everything below, including rejections,
+        // 2. Metrics: every request counted once, by route template, with the final status
+        //    of everything below and the layer and reason of any rejection; recorded when the
+        //    response body ends, so the in-flight gauge and durations cover streaming too.
+        .layer(MetricsLayer::optional(metrics.cloned()))
+        // 3. Timing header (`[response_time]`): the time to the response head, rejections
+        //    included.
+        .layer(ResponseTimeLayer::new(settings.response_time.header))
+        // 4. Access log: sees the final status of everything below, including rejections,
         //    and the full response body size.
         .layer(
             AccessLogLayer::new()
                 .enabled(settings.log.access_log)
                 .with_sink(crate::telemetry::access_log_sink()),
         )
-        // 3. Problem fallback: any bare error from below (axum's 405, a tower-http rejection)
+        // 5. Problem fallback: any bare error from below (axum's 405, a tower-http rejection)
         //    becomes problem+json; other headers (Allow, Retry-After) are kept.
         .layer(ProblemFallbackLayer::new())
-        // 4. Security headers: on every response, rejections included.
+        // 6. Security headers: on every response, rejections included.
         .layer(security_headers)
-        // 5. Trusted hosts: the cheapest rejection, before any real work, and before CORS so
+        // 7. Trusted hosts: the cheapest rejection, before any real work, and before CORS so
         //    a preflight (`OPTIONS`, answered by the CORS layer itself) cannot skip it.
         .layer(trusted_host)
-        // 6. CORS: outside the rejecting layers below so browsers can read their problems;
+        // 8. CORS: outside the rejecting layers below so browsers can read their problems;
         //    answers preflights without reaching them.
         .layer(option_layer(cors))
-        // 7. GeoIP: a refusal by client address, as cheap as the host check; after CORS so
+        // 9. GeoIP: a refusal by client address, as cheap as the host check; after CORS so
         //    browsers can read the 403. Off unless `geoip.database` names a file.
         .layer(option_layer(geoip))
-        // 8. Content validation: stateless checks of the request head (content type,
+        // 10. Content validation: stateless checks of the request head (content type,
         //    percent-encoding, header size); malformed requests cost no slot and no quota.
         .layer(option_layer(content_validation))
-        // 9. Load shedding: the concurrency limit and its queue, before any work that costs
+        // 11. Load shedding: the concurrency limit and its queue, before any work that costs
         //    (a Redis round trip for the rate limit, the handler); health paths exempt.
         .layer(option_layer(load_shed))
-        // 10. Rate limit: after everything that rejects for free, before any work it protects;
+        // 12. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // 11. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
+        // 13. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
         //     whatever reads the body below.
         .layer(option_layer(body_timeout))
-        // 12. Body limit: before anything reads the body (idempotency, the handler); counts
+        // 14. Body limit: before anything reads the body (idempotency, the handler); counts
         //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
-        // 13. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
+        // 15. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
         //     counts as a failure; while open, answers 503 before any work.
         .layer(option_layer(breaker))
-        // 14. Request timeout: around idempotency and the handler, so a request that runs
+        // 16. Request timeout: around idempotency and the handler, so a request that runs
         //     too long is dropped (its key released) and answered 504.
         .layer(option_layer(timeout))
-        // 15. Idempotency: after everything that rejects (a refused request never reserves a
+        // 17. Idempotency: after everything that rejects (a refused request never reserves a
         //     key), around the handler so a replay never runs it. Auth must run before it
         //     (and before the rate limit) once it lands, so the subject scopes the entries
         //     (issue 9).
         .layer(option_layer(idempotency))
         //
-        // 16. Innermost. Panics become 500 problems, logged with the request id.
+        // 18. Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
 }
@@ -215,19 +232,26 @@ fn rate_limiter(
     settings: &Settings,
     exempt: &ExemptPaths,
     redis: Option<&RedisConnection>,
+    metrics: Option<&Metrics>,
 ) -> Result<Option<Arc<RateLimiter>>, palisade::error::ConfigError> {
     let config = &settings.rate_limit;
     if !config.enabled {
         return Ok(None);
     }
     let store: Arc<dyn RateLimitStore> = match (config.store, redis) {
-        (StoreKind::Redis, Some(redis)) => Arc::new(RedisStore::new(
-            redis,
-            &config.redis_prefix,
-            config.store_timeout.get(),
-            config.on_store_error,
-            config.max_keys,
-        )?),
+        (StoreKind::Redis, Some(redis)) => {
+            let store = RedisStore::new(
+                redis,
+                &config.redis_prefix,
+                config.store_timeout.get(),
+                config.on_store_error,
+                config.max_keys,
+            )?;
+            if let Some(m) = metrics {
+                crate::metrics::rate_limit_store(m, &store);
+            }
+            Arc::new(store)
+        }
         (StoreKind::Redis, None) => {
             return Err(palisade::error::ConfigError::new(
                 "store",
@@ -246,17 +270,24 @@ fn idempotency(
     settings: &Settings,
     exempt: &ExemptPaths,
     redis: Option<&RedisConnection>,
+    metrics: Option<&Metrics>,
 ) -> Result<Option<Arc<Idempotency>>, palisade::error::ConfigError> {
     let config = &settings.idempotency;
     if !config.enabled {
         return Ok(None);
     }
     let store: Arc<dyn IdempotencyStore> = match (config.store, redis) {
-        (StoreKind::Redis, Some(redis)) => Arc::new(idempotency::redis::RedisStore::new(
-            redis,
-            &config.redis_prefix,
-            config.store_timeout.get(),
-        )?),
+        (StoreKind::Redis, Some(redis)) => {
+            let store = idempotency::redis::RedisStore::new(
+                redis,
+                &config.redis_prefix,
+                config.store_timeout.get(),
+            )?;
+            if let Some(m) = metrics {
+                crate::metrics::idempotency_store(m, &store);
+            }
+            Arc::new(store)
+        }
         (StoreKind::Redis, None) => {
             return Err(palisade::error::ConfigError::new(
                 "store",

@@ -9,10 +9,12 @@ use palisade::{
 };
 use tokio::net::TcpListener;
 
+use futures_util::FutureExt;
+
 use crate::{
     config::Settings,
     middleware::apply_middleware,
-    routes,
+    routes::{self, AppRoutes},
     serve::{ServeOptions, serve},
 };
 
@@ -60,7 +62,7 @@ impl Application {
     /// 404 fallback and the whole middleware stack are added). Port 0 picks a free port.
     pub async fn build_with_routes(
         settings: &Settings,
-        routes: Router,
+        routes: impl Into<AppRoutes>,
     ) -> Result<Self, StartupError> {
         Self::build_with(settings, routes, Vec::new()).await
     }
@@ -69,21 +71,17 @@ impl Application {
     /// under `health.check_timeout` on every `/readyz`.
     pub async fn build_with(
         settings: &Settings,
-        routes: Router,
+        routes: impl Into<AppRoutes>,
         checks: Vec<Arc<dyn HealthCheck>>,
     ) -> Result<Self, StartupError> {
+        let routes = routes.into();
         let host = &settings.server.host;
         let addr = if host.contains(':') {
             format!("[{host}]:{}", settings.server.port)
         } else {
             format!("{host}:{}", settings.server.port)
         };
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
+        let listener = bind(&addr).await?;
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?
@@ -99,9 +97,34 @@ impl Application {
             .into_iter()
             .fold(Health::builder(), |b, c| b.check_arc(c, timeout))
             .build();
-        let exempt = ExemptPaths::health();
-        let router = routes::router(routes, health.clone());
-        let service = apply_middleware(router, settings, &exempt, breaker)?;
+        // Metrics on the main listener, or on their own (`metrics.listen`).
+        let m = &settings.metrics;
+        let public_metrics_path = (m.enabled && m.listen.is_none()).then_some(m.path.as_str());
+        let templates = routes::templates(&routes, public_metrics_path);
+        let metrics = crate::metrics::registry(settings, &templates).map_err(|e| {
+            StartupError::Config(format!(
+                "invalid config key `metrics.{}`: {}",
+                e.key, e.message
+            ))
+        })?;
+        let metrics_listener = match (&metrics, m.listen) {
+            (Some(registry), Some(addr)) => {
+                Some((bind(&addr.to_string()).await?, registry.clone()))
+            }
+            _ => None,
+        };
+        let exempt = ExemptPaths::new(
+            palisade::health::HEALTH_PATHS
+                .iter()
+                .copied()
+                .chain(public_metrics_path),
+        );
+        let router = routes::router(
+            routes,
+            health.clone(),
+            public_metrics_path.zip(metrics.clone()),
+        );
+        let service = apply_middleware(router, settings, &exempt, breaker, metrics.as_ref())?;
         let opts = ServeOptions {
             header_read_timeout: settings.server.header_read_timeout.get(),
             keep_alive_timeout: settings.server.keep_alive_timeout.get(),
@@ -123,7 +146,18 @@ impl Application {
         };
         let serve_health = health.clone();
         let run: Runner = Box::new(move |shutdown| {
-            Box::pin(serve(listener, service, serve_health, opts, shutdown))
+            Box::pin(async move {
+                let Some((metrics_listener, registry)) = metrics_listener else {
+                    return serve(listener, service, serve_health, opts, shutdown).await;
+                };
+                // The scrape listener stops with the main one.
+                let shutdown = shutdown.shared();
+                let scrape = serve_metrics(metrics_listener, registry, shutdown.clone());
+                tokio::join!(
+                    serve(listener, service, serve_health, opts, shutdown),
+                    scrape
+                );
+            })
         });
         Ok(Self { port, health, run })
     }
@@ -148,6 +182,31 @@ impl Application {
         self.health.set_ready();
         tracing::info!(port = self.port, "listening");
         (self.run)(Box::pin(shutdown)).await;
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Serves `GET <any path>` with the exposition on the separate metrics listener until
+/// `shutdown`: a plain HTTP/1 server, no stack (the address is meant to be private).
+async fn serve_metrics(
+    listener: TcpListener,
+    metrics: palisade::metrics::Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new().fallback(routes::metrics_endpoint(metrics));
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "metrics listener failed");
     }
 }
 

@@ -52,6 +52,7 @@
 //! | [`catch_panic`] | panics become 500 problems | — |
 //! | [`circuit_breaker`] | closed / open / half-open per upstream or route group; 503 while open | — |
 //! | [`metrics`] | Prometheus metrics by route template, rejections, process; `/metrics` | — |
+//! | [`response_time`] | `Server-Timing` / `X-Response-Time` header | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
 //! | [`duration`] | `"30s"`-style durations in config structs | — |
@@ -92,6 +93,7 @@ pub mod rate_limit;
 pub mod redis_connection;
 pub mod rejection;
 pub mod request_id;
+pub mod response_time;
 pub mod security_headers;
 pub mod store;
 pub mod timeout;

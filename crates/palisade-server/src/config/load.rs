@@ -598,6 +598,7 @@ mod tests {
         let l = load(&opts(&[
             ("PALISADE_ENV", "production"),
             ("PALISADE_TRUSTED_HOSTS__ALLOWED_HOSTS", "api.example.com"),
+            ("PALISADE_METRICS__LISTEN", "127.0.0.1:9464"),
         ]))
         .unwrap();
         assert!(l.settings.security_headers.hsts);

@@ -10,14 +10,16 @@ mod health;
 mod load;
 mod log;
 mod redis;
+mod response_time;
 mod security;
 mod server;
 
 use palisade::{
     body_limit::BodyLimitConfig, circuit_breaker::CircuitBreakerConfig, client_ip::ClientIpConfig,
     content_validation::ContentValidationConfig, cors::CorsConfig, geoip::GeoIpConfig,
-    idempotency::IdempotencyConfig, load_shed::LoadShedConfig, rate_limit::RateLimitConfig,
-    security_headers::SecurityHeadersConfig, store::StoreKind, timeout::TimeoutConfig,
+    idempotency::IdempotencyConfig, load_shed::LoadShedConfig, metrics::MetricsConfig,
+    rate_limit::RateLimitConfig, security_headers::SecurityHeadersConfig, store::StoreKind,
+    timeout::TimeoutConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,7 @@ pub use load::{
 pub use log::{LogFormat, LogSettings};
 pub use palisade::duration::ConfigDuration;
 pub use redis::RedisSettings;
+pub use response_time::ResponseTimeSettings;
 pub use security::{RequestIdSettings, TrustedHostsSettings};
 pub use server::ServerSettings;
 
@@ -52,6 +55,10 @@ pub struct Settings {
     pub server: ServerSettings,
     /// `[log]`.
     pub log: LogSettings,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+    /// `[response_time]`.
+    pub response_time: ResponseTimeSettings,
     /// `[request_id]`.
     pub request_id: RequestIdSettings,
     /// `[client_ip]`.
@@ -98,6 +105,14 @@ impl Settings {
             env,
             server: ServerSettings::default(),
             log: LogSettings::default(),
+            metrics: MetricsConfig::default(),
+            response_time: ResponseTimeSettings {
+                header: if production {
+                    palisade::response_time::ResponseTimeHeader::Off
+                } else {
+                    palisade::response_time::ResponseTimeHeader::ServerTiming
+                },
+            },
             request_id: RequestIdSettings::default(),
             client_ip: ClientIpConfig::default(),
             security_headers: SecurityHeadersConfig {
@@ -289,10 +304,34 @@ impl Settings {
                 );
             }
         }
+        if let Err(e) = self.metrics.validate() {
+            return err(&format!("metrics.{}", e.key), e.message);
+        }
+        if self.metrics.enabled && self.metrics.listen.is_none() {
+            let path = &self.metrics.path;
+            if crate::routes::reserved_paths().contains(&path.as_str()) {
+                return err(
+                    "metrics.path",
+                    format!("{path:?} is taken by the health routes"),
+                );
+            }
+        }
         if self.is_production() && self.trusted_hosts.allowed_hosts.is_empty() {
             return err(
                 "trusted_hosts.allowed_hosts",
                 "production needs the list of hosts this server answers for (or [\"*\"] to allow any)".into(),
+            );
+        }
+        if self.is_production()
+            && self.metrics.enabled
+            && self.metrics.listen.is_none()
+            && self.metrics.token.is_none()
+        {
+            return err(
+                "metrics.token",
+                "production serves metrics on the public listener only behind a token; set \
+                 metrics.token, or metrics.listen to a private address, or metrics.enabled = false"
+                    .into(),
             );
         }
         Ok(())

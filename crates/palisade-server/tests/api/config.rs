@@ -208,6 +208,7 @@ fn the_production_profile_changes_defaults_and_explain_says_so() {
         &[
             ("PALISADE_ENV", "production"),
             ("PALISADE_TRUSTED_HOSTS__ALLOWED_HOSTS", "api.example.com"),
+            ("PALISADE_METRICS__LISTEN", "127.0.0.1:9464"),
         ],
     );
     assert!(

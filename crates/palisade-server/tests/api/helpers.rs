@@ -8,12 +8,13 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Json,
     routing::{get, post},
 };
 use palisade_server::{
     config::{LoadOptions, load},
     error::AppJson,
+    routes::AppRoutes,
     startup::Application,
 };
 use serde_json::{Value, json};
@@ -79,8 +80,8 @@ pub(crate) async fn wait_for_log(pred: impl Fn(&Value) -> bool) -> Vec<Value> {
 }
 
 /// Routes only tests need: they use the public API exactly as an application would.
-pub(crate) fn test_routes() -> Router {
-    Router::new()
+pub(crate) fn test_routes() -> AppRoutes {
+    AppRoutes::new()
         .route("/whoami", get(whoami))
         .route("/panic", get(|| async { panic_route() }))
         .route(

@@ -8,6 +8,7 @@ mod guards;
 mod health;
 mod helpers;
 mod idempotency;
+mod metrics;
 mod rate_limit;
 mod security;
 mod shutdown;

@@ -13,7 +13,7 @@ use super::{
     AccessLogSink,
     body::{AccessLogBody, Entry},
 };
-use crate::context::RequestContext;
+use crate::context::{RequestBody, RequestContext};
 
 /// Writes one access-log line per request. See the [module docs](super).
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ impl<S> AccessLog<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     ResBody: http_body::Body,
 {
     type Response = Response<AccessLogBody<ResBody>>;
@@ -94,6 +94,7 @@ where
         } else {
             None
         };
+        let req = req.map(|b| RequestBody::new(b, ctx.as_ref()));
         let pending = ctx.map(|ctx| Pending {
             ctx,
             method: req.method().clone(),

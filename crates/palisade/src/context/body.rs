@@ -11,16 +11,20 @@ use super::RequestContext;
 
 pin_project! {
     /// A request body that counts the bytes the server reads into the request context
-    /// ([`RequestContext::request_body_bytes`]).
+    /// ([`RequestContext::request_body_bytes`]). Layers that need the count (the access log,
+    /// metrics) wrap the body; only the first wrapper of a request counts, so stacking them
+    /// never counts a byte twice.
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
-        ctx: RequestContext,
+        ctx: Option<RequestContext>,
     }
 }
 
 impl<B> RequestBody<B> {
-    pub(super) fn new(inner: B, ctx: RequestContext) -> Self {
+    /// Wraps `inner`, counting into `ctx` unless another wrapper of the same request does.
+    pub fn new(inner: B, ctx: Option<&RequestContext>) -> Self {
+        let ctx = ctx.filter(|c| c.claim_body_count()).cloned();
         Self { inner, ctx }
     }
 }
@@ -35,9 +39,9 @@ impl<B: Body> Body for RequestBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &frame {
+        if let (Poll::Ready(Some(Ok(f))), Some(ctx)) = (&frame, this.ctx.as_ref()) {
             if let Some(data) = f.data_ref() {
-                this.ctx.add_request_body_bytes(data.remaining() as u64);
+                ctx.add_request_body_bytes(data.remaining() as u64);
             }
         }
         frame

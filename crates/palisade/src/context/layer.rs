@@ -12,7 +12,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{RequestBody, RequestContext};
+use super::RequestContext;
 use crate::{
     client_ip::{ClientIpConfig, ConnectionInfo, TrustedProxies},
     request_id::{RequestId, X_CORRELATION_ID, X_REQUEST_ID},
@@ -107,7 +107,7 @@ fn single_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<RequestId> 
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -139,7 +139,6 @@ where
         // The ids are read from the context, not from request headers: a handler or a proxy
         // that needs them as headers calls `RequestContext::inject`.
         req.extensions_mut().insert(ctx.clone());
-        let req = req.map(|b| RequestBody::new(b, ctx.clone()));
         // `call` of inner layers may reject synchronously: let them see the context too.
         let inner = ctx.sync_scope(|| self.inner.call(req));
         ResponseFuture {

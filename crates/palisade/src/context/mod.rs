@@ -43,7 +43,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -77,6 +77,7 @@ struct Inner {
     tier: OnceLock<Box<str>>,
     route: OnceLock<Box<str>>,
     request_body_bytes: AtomicU64,
+    body_counted: AtomicBool,
 }
 
 impl RequestContext {
@@ -101,6 +102,7 @@ impl RequestContext {
             tier: OnceLock::new(),
             route: OnceLock::new(),
             request_body_bytes: AtomicU64::new(0),
+            body_counted: AtomicBool::new(false),
         }))
     }
 
@@ -160,9 +162,15 @@ impl RequestContext {
         self.0.route.set(route.into()).is_ok()
     }
 
-    /// Request body bytes read so far (counted by [`RequestContextLayer`]'s body wrapper).
+    /// Request body bytes read so far, when a layer counts them (the access log or metrics,
+    /// through [`RequestBody`]); else 0.
     pub fn request_body_bytes(&self) -> u64 {
         self.0.request_body_bytes.load(Ordering::Relaxed)
+    }
+
+    /// `true` for the first caller only: that [`RequestBody`] counts the bytes.
+    fn claim_body_count(&self) -> bool {
+        !self.0.body_counted.swap(true, Ordering::Relaxed)
     }
 
     pub(crate) fn add_request_body_bytes(&self, n: u64) {

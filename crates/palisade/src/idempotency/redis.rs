@@ -26,7 +26,13 @@
 //! # let _ = store; Ok(()) }
 //! ```
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -49,6 +55,7 @@ struct Inner {
     script: Script,
     prefix: Box<str>,
     timeout: Duration,
+    errors: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,11 +89,35 @@ impl RedisStore {
             script: Script::new(SCRIPT),
             prefix: prefix.into(),
             timeout,
+            errors: AtomicU64::new(0),
         })))
     }
 
-    /// One script call (one round trip): `op` on `key` as `lease`'s holder.
+    /// Operations Redis failed to answer (error or timeout) since the store was built; each
+    /// one answered its request with a 503.
+    pub fn errors(&self) -> u64 {
+        self.0.errors.load(Ordering::Relaxed)
+    }
+
+    /// [`invoke`](Self::invoke), counting failures.
     async fn call(
+        self,
+        op: &'static str,
+        key: EntryKey,
+        lease: Lease,
+        ms: u64,
+        value: Option<Vec<u8>>,
+    ) -> Result<Reply, StoreError> {
+        let inner = self.0.clone();
+        let result = self.invoke(op, key, lease, ms, value).await;
+        if result.is_err() {
+            inner.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// One script call (one round trip): `op` on `key` as `lease`'s holder.
+    async fn invoke(
         self,
         op: &'static str,
         key: EntryKey,

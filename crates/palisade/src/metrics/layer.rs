@@ -13,18 +13,29 @@ use super::{
     body::ResponseBody,
     registry::{Metrics, Recording},
 };
-use crate::{context::RequestContext, rejection::Rejection};
+use crate::{
+    context::{RequestBody, RequestContext},
+    rejection::Rejection,
+};
 
 /// Records every request into a [`Metrics`] registry. See the [module docs](super).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct MetricsLayer {
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 impl MetricsLayer {
     /// Records into `metrics`.
     pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+        }
+    }
+
+    /// Records into `metrics` when given, else passes requests through with the same
+    /// service and body types (for stacks that switch metrics off by config).
+    pub fn optional(metrics: Option<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -44,7 +55,7 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RecordMetrics<S> {
     inner: S,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 impl<S> RecordMetrics<S> {
@@ -53,7 +64,7 @@ impl<S> RecordMetrics<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RecordMetrics<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -64,8 +75,15 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let Some(metrics) = &self.metrics else {
+            return ResponseFuture {
+                inner: self.inner.call(req.map(|b| RequestBody::new(b, None))),
+                recording: None,
+            };
+        };
         let ctx = req.extensions().get::<RequestContext>().cloned();
-        let recording = self.metrics.start(req.method(), req.uri().path(), ctx);
+        let recording = metrics.start(req.method(), req.uri().path(), ctx.clone());
+        let req = req.map(|b| RequestBody::new(b, ctx.as_ref()));
         ResponseFuture {
             inner: self.inner.call(req),
             recording: Some(recording),
