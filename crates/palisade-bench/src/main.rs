@@ -39,10 +39,14 @@ struct Variant {
 
 /// The config every palisade variant reads: the default stack, with a rate-limit quota no
 /// benchmark reaches, so every request takes the allowed path (the limiter's full cost:
-/// decision plus headers) instead of measuring cheap 429s.
+/// decision plus headers) instead of measuring cheap 429s. The timing header is off, as in
+/// production.
 const BENCH_CONFIG: &str = r#"
 [rate_limit.policies.default]
 quotas = [{ limit = 4000000000, window = "1s" }]
+
+[response_time]
+header = "off"
 "#;
 
 const VARIANTS: &[Variant] = &[
@@ -87,6 +91,14 @@ const VARIANTS: &[Variant] = &[
         redis: false,
     },
     Variant {
+        name: "no-metrics",
+        what: "full minus Prometheus metrics",
+        bin: "bench-palisade",
+        env: &[("PALISADE_METRICS__ENABLED", "false")],
+        layer: Some("metrics (route match, counters, histograms, in-flight)"),
+        redis: false,
+    },
+    Variant {
         name: "no-guards",
         what: "full minus content validation, load shedding and the timeouts",
         bin: "bench-palisade",
@@ -100,7 +112,7 @@ const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "minimal",
-        what: "request context, problem fallback, body limit, panic catcher, own serve loop",
+        what: "request context, problem fallback, body limit, panic catcher, own serve loop (no metrics)",
         bin: "bench-palisade",
         env: &[
             ("PALISADE_LOG__ACCESS_LOG", "false"),
@@ -110,6 +122,7 @@ const VARIANTS: &[Variant] = &[
             ("PALISADE_LOAD_SHED__ENABLED", "false"),
             ("PALISADE_TIMEOUT__ENABLED", "false"),
             ("PALISADE_IDEMPOTENCY__ENABLED", "false"),
+            ("PALISADE_METRICS__ENABLED", "false"),
         ],
         layer: None,
         redis: false,

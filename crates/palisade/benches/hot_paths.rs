@@ -84,7 +84,7 @@ fn request() -> Request<Body> {
     req
 }
 
-async fn ok(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
+async fn ok<B>(_req: Request<B>) -> Result<Response<Body>, Infallible> {
     Ok(Response::new(Body::empty()))
 }
 
@@ -443,8 +443,51 @@ fn geoip(c: &mut Criterion) {
     let _ = c;
 }
 
+/// Recording one request (context + metrics against context alone) and rendering a scrape.
+fn metrics(c: &mut Criterion) {
+    use palisade::metrics::{Metrics, MetricsConfig, MetricsLayer};
+    let rt = rt();
+    let routes: Vec<String> = (0..20)
+        .map(|i| format!("/api/v1/resource{i}/{{id}}"))
+        .chain(["/bench".to_owned()])
+        .collect();
+    let registry = Metrics::new(&MetricsConfig::default(), &routes).unwrap();
+    let mut baseline =
+        RequestContextLayer::new(&RequestContextConfig::default()).layer(tower::service_fn(ok));
+    c.bench_function("metrics/context_only_baseline", |b| {
+        b.iter(|| rt.block_on(baseline.call(request())).unwrap())
+    });
+    let mut recorded = tower::ServiceBuilder::new()
+        .layer(RequestContextLayer::new(&RequestContextConfig::default()))
+        .layer(MetricsLayer::new(registry.clone()))
+        .service_fn(ok);
+    // The response (and its body) is dropped at the end of each iteration: that records it.
+    c.bench_function("metrics/context_and_metrics", |b| {
+        b.iter(|| rt.block_on(recorded.call(request())).unwrap())
+    });
+    let unmatched = || {
+        let mut r = request();
+        *r.uri_mut() = "/no/such/path".parse().unwrap();
+        r
+    };
+    c.bench_function("metrics/context_and_metrics_unmatched_path", |b| {
+        b.iter(|| rt.block_on(recorded.call(unmatched())).unwrap())
+    });
+    for i in 0..20 {
+        let _ = rt.block_on(recorded.call({
+            let mut r = request();
+            *r.uri_mut() = format!("/api/v1/resource{i}/7").parse().unwrap();
+            r
+        }));
+    }
+    c.bench_function("metrics/render_22_series_groups", |b| {
+        b.iter(|| registry.render())
+    });
+}
+
 criterion_group!(
     benches,
+    metrics,
     request_id,
     client_ip,
     problem,

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use axum::{Router, routing::get};
+use axum::routing::get;
 use palisade_bench::{BENCH_PATH, bench_handler};
-use palisade_server::{config, startup::Application, telemetry};
+use palisade_server::{config, routes::AppRoutes, startup::Application, telemetry};
 
 fn main() -> ExitCode {
     let loaded = match config::load(&config::LoadOptions::from_process(None)) {
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let routes = Router::new().route(BENCH_PATH, get(bench_handler));
+        let routes = AppRoutes::new().route(BENCH_PATH, get(bench_handler));
         let app = Application::build_with_routes(&loaded.settings, routes)
             .await
             .expect("build");

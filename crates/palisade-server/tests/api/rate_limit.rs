@@ -7,6 +7,7 @@ use palisade_server::config::load;
 use palisade_testkit::RedisServer;
 
 use crate::helpers::{TestApp, assert_problem, options_with_file, spawn_app, spawn_app_with_toml};
+use crate::metrics::sample;
 
 /// A 20-per-minute sliding window shared through Redis.
 fn shared(on_store_error: &str) -> String {
@@ -118,6 +119,21 @@ async fn redis_outage_fail_open_keeps_serving_fail_closed_refuses_and_sharing_re
         started.elapsed()
     );
     assert_problem(closed.get("/whoami").await, 503).await;
+    // The outage shows in each instance's metrics.
+    let text = a.get("/metrics").await.text().await.unwrap();
+    let fallbacks = sample(&text, "palisade_rate_limit_store_fallbacks_total").unwrap();
+    assert!(fallbacks >= 1.0, "{text}");
+    assert!(sample(&text, "palisade_rate_limit_store_errors_total").unwrap() >= 1.0);
+    let text = closed.get("/metrics").await.text().await.unwrap();
+    assert!(
+        sample(
+            &text,
+            "http_rejections_total{layer=\"rate_limit\",reason=\"store_unavailable\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{text}"
+    );
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
