@@ -46,8 +46,22 @@ impl AccessLogSink {
     }
 }
 
+/// The request's server span ids, when the OpenTelemetry layer started one.
+#[cfg(feature = "otel")]
+fn span_ids(
+    ctx: &RequestContext,
+) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
+    ctx.span_context().map(|s| (s.trace_id(), s.span_id()))
+}
+
+#[cfg(not(feature = "otel"))]
+fn span_ids(_: &RequestContext) -> Option<(&'static str, &'static str)> {
+    None
+}
+
 fn emit_event(l: &Line<'_>) {
     let ctx = l.ctx;
+    let ids = span_ids(ctx);
     tracing::info!(
         target: super::TARGET,
         request_id = ctx.request_id().as_str(),
@@ -61,6 +75,8 @@ fn emit_event(l: &Line<'_>) {
         response_bytes = l.response_bytes,
         client_ip = ctx.client_ip().map(tracing::field::display),
         completed = l.completed,
+        trace_id = ids.map(|(t, _)| tracing::field::display(t)),
+        span_id = ids.map(|(_, s)| tracing::field::display(s)),
         "request"
     );
 }
@@ -102,10 +118,14 @@ fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
         let _ = write!(out, ",\"client_ip\":\"{ip}\"");
     }
     out.extend_from_slice(if l.completed {
-        b",\"completed\":true}\n"
+        b",\"completed\":true"
     } else {
-        b",\"completed\":false}\n"
+        b",\"completed\":false"
     });
+    if let Some((trace_id, span_id)) = span_ids(ctx) {
+        let _ = write!(out, ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"");
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(all(test, feature = "json-log"))]

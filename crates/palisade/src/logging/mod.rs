@@ -7,8 +7,13 @@
 //! a typical `TraceLayer` setup's cost goes. An event that records its own `request_id` (the
 //! access log, written after the request's task is gone) keeps it.
 //!
+//! With the `otel` feature, lines written while a span is active also carry `trace_id` and
+//! `span_id` (lowercase hex, as in `traceparent`): the OpenTelemetry span the code entered,
+//! else the request's server span started by [`OtelLayer`](crate::otel::OtelLayer).
+//!
 //! JSON members: `ts` (RFC 3339 UTC, microseconds), `level`, `target`, `msg`, the event's
-//! fields, then the context members. Span fields are not repeated on each line.
+//! fields, then the context members, then `trace_id` and `span_id`. Span fields are not
+//! repeated on each line.
 //!
 //! ```
 //! use palisade::logging::ContextFormat;
@@ -96,6 +101,16 @@ where
                     Ok(())
                 })
                 .transpose()?;
+                #[cfg(feature = "otel")]
+                crate::otel::with_active_span(|s| {
+                    write!(
+                        w,
+                        ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                        s.trace_id(),
+                        s.span_id()
+                    )
+                })
+                .transpose()?;
             }
             w.write_str("}\n")
         } else {
@@ -123,6 +138,11 @@ where
             if !v.has_request_id {
                 crate::context::with_current(|c| write!(w, " request_id={}", c.request_id()))
                     .transpose()?;
+                #[cfg(feature = "otel")]
+                crate::otel::with_active_span(|s| {
+                    write!(w, " trace_id={} span_id={}", s.trace_id(), s.span_id())
+                })
+                .transpose()?;
             }
             w.write_char('\n')
         }
