@@ -164,6 +164,36 @@ mod tests {
         assert_eq!(v["completed"], false);
         assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
         assert!(v.get("client_ip").is_none());
+        assert!(v.get("trace_id").is_none());
         assert!(!String::from_utf8(out).unwrap().contains("secret"));
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn the_json_line_carries_the_request_spans_ids() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let ctx = RequestContext::new(RequestId::parse("r-2").unwrap(), None);
+        ctx.set_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ));
+        let uri: Uri = "/".parse().unwrap();
+        let line = Line {
+            ctx: &ctx,
+            method: &Method::GET,
+            uri: &uri,
+            status: StatusCode::OK,
+            response_bytes: 0,
+            completed: true,
+        };
+        let mut out = Vec::new();
+        format_json(&mut out, &line);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(v["completed"], true);
     }
 }

@@ -436,6 +436,39 @@ mod tests {
         assert!(out.contains("msg k=1 request_id=rid-2"), "{out}");
     }
 
+    #[cfg(feature = "otel")]
+    #[test]
+    fn lines_carry_the_trace_and_span_id_of_the_requests_span() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let ctx = RequestContext::new(RequestId::parse("rid-3").unwrap(), None);
+        let without = capture(ContextFormat::json(), || {
+            ctx.sync_scope(|| tracing::info!("before the span"));
+        });
+        assert!(!without.contains("trace_id"), "{without}");
+        ctx.set_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ));
+        let out = capture(ContextFormat::json(), || {
+            ctx.sync_scope(|| tracing::info!("x"));
+        });
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        let out = capture(ContextFormat::console(false), || {
+            ctx.sync_scope(|| tracing::info!("x"));
+        });
+        assert!(
+            out.contains(
+                "request_id=rid-3 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7"
+            ),
+            "{out}"
+        );
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let ts = timestamp();

@@ -245,7 +245,8 @@ mod tests {
         ];
         for tp in cases {
             for ts in ["", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", "bad key=1"] {
-                let ours = extract(&headers(&[tp], if ts.is_empty() { &[] } else { &[ts] }));
+                let states: &[&str] = if ts.is_empty() { &[] } else { &[ts] };
+                let ours = extract(&headers(&[tp], states));
                 let sdk = sdk_extract(tp, ts);
                 assert_eq!(ours, sdk, "traceparent {tp:?}, tracestate {ts:?}");
             }
