@@ -39,6 +39,25 @@ use tower::{Layer, Service, ServiceBuilder, util::option_layer};
 
 use crate::{config::Settings, startup::StartupError};
 
+/// The OpenTelemetry layer (`[otel]`), built from the provider `telemetry::init_otel` made.
+#[cfg(feature = "otel")]
+pub use palisade::otel::OtelLayer;
+
+/// Stands in for the OpenTelemetry layer in a build without the `otel` feature: there is
+/// never one, so callers pass `None` either way.
+#[cfg(not(feature = "otel"))]
+#[derive(Debug, Clone)]
+pub enum OtelLayer {}
+
+#[cfg(not(feature = "otel"))]
+impl<S> Layer<S> for OtelLayer {
+    type Service = S;
+
+    fn layer(&self, _inner: S) -> S {
+        match *self {}
+    }
+}
+
 /// The breaker for `[circuit_breaker]`'s group of routes, when it names any. Build it before
 /// the stack so readiness can report it too.
 pub fn route_breaker(settings: &Settings) -> Result<Option<CircuitBreaker>, StartupError> {
@@ -55,13 +74,14 @@ pub fn route_breaker(settings: &Settings) -> Result<Option<CircuitBreaker>, Star
         })
 }
 
-/// Wraps `router` in the full stack, in order. `breaker` comes from [`route_breaker`].
-/// Errors name the config key at fault.
+/// Wraps `router` in the full stack, in order. `breaker` comes from [`route_breaker`];
+/// `otel` is the OpenTelemetry layer when `[otel]` is on. Errors name the config key at fault.
 pub fn apply_middleware<B>(
     router: Router,
     settings: &Settings,
     exempt: &ExemptPaths,
     breaker: Option<CircuitBreaker>,
+    otel: Option<OtelLayer>,
 ) -> Result<
     impl Service<
         Request<B>,
@@ -134,6 +154,12 @@ where
         // 1. Request context: ids, client IP and the task-local come first so every layer
         //    below, every log line and every problem body carries the same request id.
         .layer(context)
+        // 1a. OpenTelemetry server span (`[otel]`; absent when off, so nothing is parsed or
+        //     created). Right inside the context: the span records its ids into the context,
+        //     so every log line below and the access log carry them, and it covers every layer
+        //     below, rejections included. The route template is read from the context once the
+        //     response is ready (the router's route layer records it).
+        .layer(option_layer(otel))
         // 2. Access log: sees the final status of everything below, including rejections,
         //    and the full response body size.
         .layer(

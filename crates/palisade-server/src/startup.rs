@@ -101,7 +101,15 @@ impl Application {
             .build();
         let exempt = ExemptPaths::health();
         let router = routes::router(routes, health.clone());
-        let service = apply_middleware(router, settings, &exempt, breaker)?;
+        #[cfg(feature = "otel")]
+        let otel = crate::telemetry::init_otel(&settings.otel).map_err(|e| {
+            StartupError::Config(format!("invalid config key `otel.{}`: {}", e.key, e.message))
+        })?;
+        #[cfg(feature = "otel")]
+        let otel_layer = otel.as_ref().map(palisade::otel::OtelGuard::layer);
+        #[cfg(not(feature = "otel"))]
+        let otel_layer = None;
+        let service = apply_middleware(router, settings, &exempt, breaker, otel_layer)?;
         let opts = ServeOptions {
             header_read_timeout: settings.server.header_read_timeout.get(),
             keep_alive_timeout: settings.server.keep_alive_timeout.get(),
@@ -123,7 +131,17 @@ impl Application {
         };
         let serve_health = health.clone();
         let run: Runner = Box::new(move |shutdown| {
-            Box::pin(serve(listener, service, serve_health, opts, shutdown))
+            Box::pin(async move {
+                serve(listener, service, serve_health, opts, shutdown).await;
+                // Export the spans of the last requests; the flush blocks, so off the runtime.
+                #[cfg(feature = "otel")]
+                if let Some(otel) = otel {
+                    let flushed = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+                    if let Ok(Err(error)) = flushed {
+                        tracing::warn!(%error, "OpenTelemetry: final export failed");
+                    }
+                }
+            })
         });
         Ok(Self { port, health, run })
     }

@@ -82,6 +82,9 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     /// `[redis]`.
     pub redis: RedisSettings,
+    /// `[otel]`: OpenTelemetry tracing (the `otel` feature, on by default).
+    #[cfg(feature = "otel")]
+    pub otel: palisade::otel::OtelConfig,
 }
 
 impl Default for Settings {
@@ -116,6 +119,8 @@ impl Settings {
             timeout: TimeoutConfig::default(),
             idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
+            #[cfg(feature = "otel")]
+            otel: palisade::otel::OtelConfig::default(),
         }
     }
 
@@ -249,6 +254,10 @@ impl Settings {
             std::sync::Arc::new(palisade::idempotency::MemoryStore::new(0, 0)),
         ) {
             return err(&format!("idempotency.{}", e.key), e.message);
+        }
+        #[cfg(feature = "otel")]
+        if let Err(e) = self.otel.validate() {
+            return err(&format!("otel.{}", e.key), e.message);
         }
         let redis_users = [
             (

@@ -8,6 +8,8 @@ mod guards;
 mod health;
 mod helpers;
 mod idempotency;
+#[cfg(feature = "otel")]
+mod otel;
 mod rate_limit;
 mod security;
 mod shutdown;
