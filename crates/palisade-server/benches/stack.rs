@@ -64,7 +64,8 @@ fn stack(c: &mut Criterion) {
         ),
         ("stack/full_without_log_subscriber", &[][..]),
     ] {
-        let svc = apply_middleware(router(), &settings(env), &ExemptPaths::health(), None, None).unwrap();
+        let svc =
+            apply_middleware(router(), &settings(env), &ExemptPaths::health(), None, None).unwrap();
         c.bench_function(name, |b| {
             b.iter(|| {
                 let res = rt.block_on(svc.clone().oneshot(request::<axum::body::Body>()));

@@ -103,7 +103,10 @@ impl Application {
         let router = routes::router(routes, health.clone());
         #[cfg(feature = "otel")]
         let otel = crate::telemetry::init_otel(&settings.otel).map_err(|e| {
-            StartupError::Config(format!("invalid config key `otel.{}`: {}", e.key, e.message))
+            StartupError::Config(format!(
+                "invalid config key `otel.{}`: {}",
+                e.key, e.message
+            ))
         })?;
         #[cfg(feature = "otel")]
         let otel_layer = otel.as_ref().map(palisade::otel::OtelGuard::layer);

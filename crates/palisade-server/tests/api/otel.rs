@@ -44,29 +44,31 @@ impl Receiver {
                 };
                 let (r, p) = (r.clone(), p.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (r, p) = (r.clone(), p.clone());
-                        async move {
-                            p.lock().unwrap().push(format!(
-                                "{} {} {}",
-                                req.method(),
-                                req.uri().path(),
-                                req.headers()
-                                    .get("content-type")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("")
-                            ));
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let decoded = ExportTraceServiceRequest::decode(body)
-                                .expect("an OTLP protobuf export request");
-                            r.lock().unwrap().push(decoded);
-                            let res = http::Response::builder()
-                                .header("content-type", "application/x-protobuf")
-                                .body(Full::new(Bytes::new()))
-                                .unwrap();
-                            Ok::<_, hyper::Error>(res)
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (r, p) = (r.clone(), p.clone());
+                            async move {
+                                p.lock().unwrap().push(format!(
+                                    "{} {} {}",
+                                    req.method(),
+                                    req.uri().path(),
+                                    req.headers()
+                                        .get("content-type")
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("")
+                                ));
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let decoded = ExportTraceServiceRequest::decode(body)
+                                    .expect("an OTLP protobuf export request");
+                                r.lock().unwrap().push(decoded);
+                                let res = http::Response::builder()
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap();
+                                Ok::<_, hyper::Error>(res)
+                            }
+                        },
+                    );
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
@@ -171,15 +173,18 @@ async fn an_incoming_traceparent_is_continued_and_exported_to_the_collector_over
     let handler = wait_for_log(|v| by_request(v) && v["marker"] == "in-handler").await;
     let spawned = wait_for_log(|v| by_request(v) && v["marker"] == "in-spawned-task").await;
     let access = wait_for_log(|v| by_request(v) && v["target"] == "palisade::access").await;
-    let failed_access =
-        wait_for_log(|v| v["request_id"] == failed_id.as_str() && v["target"] == "palisade::access")
-            .await;
+    let failed_access = wait_for_log(|v| {
+        v["request_id"] == failed_id.as_str() && v["target"] == "palisade::access"
+    })
+    .await;
     stop(app).await;
 
     let spans = receiver.spans();
     let paths = receiver.paths.lock().unwrap().clone();
     assert!(
-        paths.iter().all(|p| p == "POST /v1/traces application/x-protobuf"),
+        paths
+            .iter()
+            .all(|p| p == "POST /v1/traces application/x-protobuf"),
         "{paths:?}"
     );
     let (service, span) = spans
@@ -205,7 +210,10 @@ async fn an_incoming_traceparent_is_continued_and_exported_to_the_collector_over
         assert_eq!(line["span_id"], span_id.as_str(), "{line}");
     }
 
-    let failed_trace = failed_access[0]["trace_id"].as_str().expect("a trace id").to_owned();
+    let failed_trace = failed_access[0]["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_owned();
     assert_ne!(failed_trace, TRACE);
     let (_, failed) = spans
         .iter()
@@ -232,7 +240,10 @@ async fn a_garbage_traceparent_gets_a_fresh_trace_and_a_normal_answer() {
     let res = app
         .client
         .get(app.url("/items/7"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01-trailing-garbage"))
+        .header(
+            "traceparent",
+            format!("00-{TRACE}-{PARENT}-01-trailing-garbage"),
+        )
         .send()
         .await
         .unwrap();
@@ -264,9 +275,38 @@ async fn with_otel_off_by_default_no_trace_id_appears_in_the_logs() {
     })
     .await;
     assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
-    let handler = wait_for_log(|v| {
-        v["request_id"] == request_id.as_str() && v["marker"] == "in-handler"
-    })
-    .await;
+    let handler =
+        wait_for_log(|v| v["request_id"] == request_id.as_str() && v["marker"] == "in-handler")
+            .await;
     assert!(handler[0].get("trace_id").is_none(), "{}", handler[0]);
+}
+
+#[test]
+fn otel_values_from_the_environment_are_validated_naming_the_key() {
+    use palisade_server::config::load;
+
+    use crate::helpers::options;
+    for ratio in ["0.25", "1", "0"] {
+        let loaded = load(&options(&[("PALISADE_OTEL__SAMPLE_RATIO", ratio)])).unwrap();
+        assert_eq!(
+            loaded.settings.otel.sample_ratio,
+            ratio.parse::<f64>().unwrap()
+        );
+    }
+    let cases = [
+        ("PALISADE_OTEL__SAMPLE_RATIO", "1.5", "otel.sample_ratio"),
+        (
+            "PALISADE_OTEL__ENDPOINT",
+            "https://collector:4318/v1/traces",
+            "otel.endpoint",
+        ),
+        ("PALISADE_OTEL__ENDPOINT", "collector:4318", "otel.endpoint"),
+        ("PALISADE_OTEL__SERVICE_NAME", "", "otel.service_name"),
+        ("PALISADE_OTEL__EXPORT_TIMEOUT", "0s", "otel.export_timeout"),
+        ("PALISADE_OTEL__ENABLED", "maybe", "otel.enabled"),
+    ];
+    for (var, value, key) in cases {
+        let err = load(&options(&[(var, value)])).unwrap_err();
+        assert!(err.0.contains(key), "{var}={value:?}: {err}");
+    }
 }

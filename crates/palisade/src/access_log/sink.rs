@@ -123,7 +123,10 @@ fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
         b",\"completed\":false"
     });
     if let Some((trace_id, span_id)) = span_ids(ctx) {
-        let _ = write!(out, ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"");
+        let _ = write!(
+            out,
+            ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+        );
     }
     out.extend_from_slice(b"}\n");
 }

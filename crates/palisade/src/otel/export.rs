@@ -8,9 +8,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
-    trace::{
-        BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanExporter,
-    },
+    trace::{BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanExporter},
 };
 
 use super::{OtelConfig, OtelLayer};

@@ -120,7 +120,10 @@ fn format_traceparent(span: &SpanContext) -> [u8; TRACEPARENT_LEN] {
     };
     put(3, &span.trace_id().to_bytes());
     put(36, &span.span_id().to_bytes());
-    put(53, &[span.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()]);
+    put(
+        53,
+        &[span.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()],
+    );
     buf
 }
 
@@ -274,7 +277,10 @@ mod tests {
         assert_eq!(out[TRACESTATE], "congo=t61rcWkgMzE");
         let plain = extract(&headers(&[VALID], &[])).unwrap();
         inject(&plain, &mut out);
-        assert!(out.get(TRACESTATE).is_none(), "a stale tracestate is removed");
+        assert!(
+            out.get(TRACESTATE).is_none(),
+            "a stale tracestate is removed"
+        );
     }
 
     #[test]

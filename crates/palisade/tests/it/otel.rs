@@ -191,7 +191,10 @@ async fn an_incoming_traceparent_is_continued_in_the_exported_span_and_in_the_lo
     let body = body_json(res).await;
 
     let span = traced.server_span();
-    assert_eq!(span.span_context.trace_id(), TraceId::from_hex(TRACE).unwrap());
+    assert_eq!(
+        span.span_context.trace_id(),
+        TraceId::from_hex(TRACE).unwrap()
+    );
     assert_eq!(span.parent_span_id, SpanId::from_hex(PARENT).unwrap());
     assert!(span.parent_span_is_remote);
     assert_eq!(span.span_context.trace_state().header(), "vendor=abc");
@@ -266,7 +269,9 @@ async fn without_a_traceparent_a_new_trace_starts_with_the_http_attributes() {
 
     // Each request without a parent is a trace of its own.
     traced.exporter.reset();
-    traced.call(request("/items/1", "192.0.2.7:5000", &[])).await;
+    traced
+        .call(request("/items/1", "192.0.2.7:5000", &[]))
+        .await;
     assert_ne!(
         traced.server_span().span_context.trace_id(),
         span.span_context.trace_id()
@@ -278,7 +283,11 @@ async fn a_5xx_answer_marks_the_span_as_an_error_and_a_4xx_does_not() {
     let traced = Traced::new(1.0);
     traced.call(request("/fail", "192.0.2.7:5000", &[])).await;
     let span = traced.server_span();
-    assert!(matches!(span.status, Status::Error { .. }), "{:?}", span.status);
+    assert!(
+        matches!(span.status, Status::Error { .. }),
+        "{:?}",
+        span.status
+    );
     assert_eq!(str_attr(&span, "error.type"), "500");
     assert_eq!(
         attr(&span, "http.response.status_code"),
@@ -286,7 +295,9 @@ async fn a_5xx_answer_marks_the_span_as_an_error_and_a_4xx_does_not() {
     );
 
     traced.exporter.reset();
-    traced.call(request("/nowhere", "192.0.2.7:5000", &[])).await;
+    traced
+        .call(request("/nowhere", "192.0.2.7:5000", &[]))
+        .await;
     let span = traced.server_span();
     assert_eq!(span.status, Status::Unset);
     assert_eq!(span.name, "GET", "no route matched: the method alone");
@@ -321,7 +332,11 @@ async fn garbage_traceparent_headers_start_a_new_trace_and_never_fail_the_reques
     ]);
     for values in cases {
         traced.exporter.reset();
-        let mut req = request("/items/1", "192.0.2.7:5000", &[("tracestate", "vendor=abc")]);
+        let mut req = request(
+            "/items/1",
+            "192.0.2.7:5000",
+            &[("tracestate", "vendor=abc")],
+        );
         for v in &values {
             req.headers_mut().append("traceparent", v.clone());
         }
@@ -347,16 +362,27 @@ async fn garbage_traceparent_headers_start_a_new_trace_and_never_fail_the_reques
 async fn sampling_is_parent_based_and_unsampled_requests_still_propagate() {
     let traced = Traced::new(0.0);
     // A new trace at ratio 0: nothing exported, but the trace id still goes out, unsampled.
-    let res = traced.call(request("/items/1", "192.0.2.7:5000", &[])).await;
+    let res = traced
+        .call(request("/items/1", "192.0.2.7:5000", &[]))
+        .await;
     let body = body_json(res).await;
     assert!(traced.spans().is_empty(), "{:?}", traced.spans());
     let injected = parent_of(body["outgoing"]["traceparent"].as_str().unwrap());
     assert!(!injected.is_sampled());
-    assert!(body["outgoing"]["traceparent"].as_str().unwrap().ends_with("-00"));
+    assert!(
+        body["outgoing"]["traceparent"]
+            .as_str()
+            .unwrap()
+            .ends_with("-00")
+    );
 
     // The caller sampled: its decision wins over the ratio.
     traced
-        .call(request("/items/1", "192.0.2.7:5000", &[("traceparent", SAMPLED)]))
+        .call(request(
+            "/items/1",
+            "192.0.2.7:5000",
+            &[("traceparent", SAMPLED)],
+        ))
         .await;
     assert_eq!(
         traced.server_span().span_context.trace_id(),
@@ -367,7 +393,11 @@ async fn sampling_is_parent_based_and_unsampled_requests_still_propagate() {
     let all = Traced::new(1.0);
     let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     let res = all
-        .call(request("/items/1", "192.0.2.7:5000", &[("traceparent", unsampled)]))
+        .call(request(
+            "/items/1",
+            "192.0.2.7:5000",
+            &[("traceparent", unsampled)],
+        ))
         .await;
     let body = body_json(res).await;
     assert!(all.spans().is_empty());
@@ -391,14 +421,27 @@ async fn spans_a_handler_starts_are_children_of_the_request_span() {
                 Ok::<_, Infallible>(Response::new(Body::empty()))
             }
         });
-    svc.oneshot(request("/items/1", "192.0.2.7:5000", &[("traceparent", SAMPLED)]))
-        .await
-        .unwrap();
+    svc.oneshot(request(
+        "/items/1",
+        "192.0.2.7:5000",
+        &[("traceparent", SAMPLED)],
+    ))
+    .await
+    .unwrap();
     let spans = traced.spans();
-    let server = spans.iter().find(|s| s.span_kind == SpanKind::Server).unwrap();
-    let child = spans.iter().find(|s| s.name == "load item").expect("child span");
+    let server = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .unwrap();
+    let child = spans
+        .iter()
+        .find(|s| s.name == "load item")
+        .expect("child span");
     assert_eq!(child.parent_span_id, server.span_context.span_id());
-    assert_eq!(child.span_context.trace_id(), TraceId::from_hex(TRACE).unwrap());
+    assert_eq!(
+        child.span_context.trace_id(),
+        TraceId::from_hex(TRACE).unwrap()
+    );
 }
 
 #[tokio::test]
@@ -407,7 +450,11 @@ async fn without_the_layer_no_trace_header_is_read_or_written() {
         .layer(RequestContextLayer::new(&RequestContextConfig::default()))
         .service_fn(handler);
     let res = svc
-        .oneshot(request("/items/1", "192.0.2.7:5000", &[("traceparent", SAMPLED)]))
+        .oneshot(request(
+            "/items/1",
+            "192.0.2.7:5000",
+            &[("traceparent", SAMPLED)],
+        ))
         .await
         .unwrap();
     let body = body_json(res).await;
