@@ -144,8 +144,9 @@ fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
     if trace_id == 0 || span_id == 0 {
         return None;
     }
+    // 16 and 2 hex digits: the narrowing casts below lose nothing.
     Some((
-        TraceId::from_bytes((trace_id as u128).to_be_bytes()),
+        TraceId::from_bytes(trace_id.to_be_bytes()),
         SpanId::from_bytes((span_id as u64).to_be_bytes()),
         // Only the sampled bit is defined for version 00.
         TraceFlags::new(flags as u8 & TraceFlags::SAMPLED.to_u8()),
