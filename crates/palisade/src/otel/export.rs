@@ -37,6 +37,17 @@ pub fn init(config: &OtelConfig) -> Result<OtelGuard, ConfigError> {
 
 /// Like [`init`], with any span exporter: the SDK's `InMemorySpanExporter` in tests, or an
 /// exporter configured by hand. Sampling, batching and the resource are as in [`init`].
+///
+/// ```
+/// use opentelemetry_sdk::trace::InMemorySpanExporter; // SDK feature `testing`
+/// use palisade::otel::{self, OtelConfig};
+///
+/// let exporter = InMemorySpanExporter::default();
+/// let guard = otel::init_with_exporter(&OtelConfig::default(), exporter.clone()).unwrap();
+/// // ... serve requests through `guard.layer()` ...
+/// guard.force_flush().unwrap();
+/// assert!(exporter.get_finished_spans().unwrap().is_empty());
+/// ```
 pub fn init_with_exporter<E>(config: &OtelConfig, exporter: E) -> Result<OtelGuard, ConfigError>
 where
     E: SpanExporter + 'static,

@@ -85,6 +85,15 @@ pub fn inject(span: &SpanContext, headers: &mut HeaderMap) {
 
 /// The active span's context: the current OpenTelemetry span if one is entered (a child span
 /// a handler started), else the current request's server span. `None` outside both.
+///
+/// ```
+/// async fn handler() -> String {
+///     // The trace id to show a user or attach to an error report.
+///     palisade::otel::current_span_context()
+///         .map(|span| span.trace_id().to_string())
+///         .unwrap_or_default()
+/// }
+/// ```
 pub fn current_span_context() -> Option<SpanContext> {
     with_active_span(SpanContext::clone)
 }
