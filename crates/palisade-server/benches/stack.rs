@@ -64,8 +64,15 @@ fn stack(c: &mut Criterion) {
         ),
         ("stack/full_without_log_subscriber", &[][..]),
     ] {
-        let svc =
-            apply_middleware(router(), &settings(env), &ExemptPaths::health(), None, None).unwrap();
+        let svc = apply_middleware(
+            router(),
+            &settings(env),
+            &ExemptPaths::health(),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         c.bench_function(name, |b| {
             b.iter(|| {
                 let res = rt.block_on(svc.clone().oneshot(request::<axum::body::Body>()));
@@ -86,7 +93,8 @@ fn stack_with_json_log(c: &mut Criterion) {
         ("PALISADE_LOG__OUTPUT", "/dev/null"),
     ]);
     let _guard = palisade_server::telemetry::init(&logged).unwrap();
-    let svc = apply_middleware(router(), &logged, &ExemptPaths::health(), None, None).unwrap();
+    let svc =
+        apply_middleware(router(), &logged, &ExemptPaths::health(), None, None, None).unwrap();
     c.bench_function("stack/full_with_json_access_log", |b| {
         b.iter(|| {
             rt.block_on(svc.clone().oneshot(request::<axum::body::Body>()))

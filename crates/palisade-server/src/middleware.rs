@@ -41,6 +41,25 @@ use tower::{Layer, Service, ServiceBuilder, util::option_layer};
 
 use crate::{config::Settings, startup::StartupError};
 
+/// The OpenTelemetry layer (`[otel]`), built from the provider `telemetry::init_otel` made.
+#[cfg(feature = "otel")]
+pub use palisade::otel::OtelLayer;
+
+/// Stands in for the OpenTelemetry layer in a build without the `otel` feature: there is
+/// never one, so callers pass `None` either way.
+#[cfg(not(feature = "otel"))]
+#[derive(Debug, Clone)]
+pub enum OtelLayer {}
+
+#[cfg(not(feature = "otel"))]
+impl<S> Layer<S> for OtelLayer {
+    type Service = S;
+
+    fn layer(&self, _inner: S) -> S {
+        match *self {}
+    }
+}
+
 /// The breaker for `[circuit_breaker]`'s group of routes, when it names any. Build it before
 /// the stack so readiness can report it too.
 pub fn route_breaker(settings: &Settings) -> Result<Option<CircuitBreaker>, StartupError> {
@@ -58,14 +77,15 @@ pub fn route_breaker(settings: &Settings) -> Result<Option<CircuitBreaker>, Star
 }
 
 /// Wraps `router` in the full stack, in order. `breaker` comes from [`route_breaker`];
-/// `metrics` (when on) records every request and gets the collectors of the layers built here.
-/// Errors name the config key at fault.
+/// `metrics` (when on) records every request and gets the collectors of the layers built here;
+/// `otel` is the OpenTelemetry layer when `[otel]` is on. Errors name the config key at fault.
 pub fn apply_middleware<B>(
     router: Router,
     settings: &Settings,
     exempt: &ExemptPaths,
     breaker: Option<CircuitBreaker>,
     metrics: Option<&Metrics>,
+    otel: Option<OtelLayer>,
 ) -> Result<
     impl Service<
         Request<B>,
@@ -144,62 +164,68 @@ where
         // 1. Request context: ids, client IP and the task-local come first so every layer
         //    below, every log line and every problem body carries the same request id.
         .layer(context)
-        // 2. Metrics: every request counted once, by route template, with the final status
+        // 2. OpenTelemetry server span (`[otel]`; absent when off, so nothing is parsed or
+        //    created). Right inside the context: the span records its ids into the context,
+        //    so every log line below and the access log carry them, and it covers every layer
+        //    below, rejections included. The route template is read from the context once the
+        //    response is ready (the router's route layer records it).
+        .layer(option_layer(otel))
+        // 3. Metrics: every request counted once, by route template, with the final status
         //    of everything below and the layer and reason of any rejection; recorded when the
         //    response body ends, so the in-flight gauge and durations cover streaming too.
         .layer(MetricsLayer::optional(metrics.cloned()))
-        // 3. Timing header (`[response_time]`): the time to the response head, rejections
+        // 4. Timing header (`[response_time]`): the time to the response head, rejections
         //    included.
         .layer(ResponseTimeLayer::new(settings.response_time.header))
-        // 4. Access log: sees the final status of everything below, including rejections,
+        // 5. Access log: sees the final status of everything below, including rejections,
         //    and the full response body size.
         .layer(
             AccessLogLayer::new()
                 .enabled(settings.log.access_log)
                 .with_sink(crate::telemetry::access_log_sink()),
         )
-        // 5. Problem fallback: any bare error from below (axum's 405, a tower-http rejection)
+        // 6. Problem fallback: any bare error from below (axum's 405, a tower-http rejection)
         //    becomes problem+json; other headers (Allow, Retry-After) are kept.
         .layer(ProblemFallbackLayer::new())
-        // 6. Security headers: on every response, rejections included.
+        // 7. Security headers: on every response, rejections included.
         .layer(security_headers)
-        // 7. Trusted hosts: the cheapest rejection, before any real work, and before CORS so
+        // 8. Trusted hosts: the cheapest rejection, before any real work, and before CORS so
         //    a preflight (`OPTIONS`, answered by the CORS layer itself) cannot skip it.
         .layer(trusted_host)
-        // 8. CORS: outside the rejecting layers below so browsers can read their problems;
+        // 9. CORS: outside the rejecting layers below so browsers can read their problems;
         //    answers preflights without reaching them.
         .layer(option_layer(cors))
-        // 9. GeoIP: a refusal by client address, as cheap as the host check; after CORS so
+        // 10. GeoIP: a refusal by client address, as cheap as the host check; after CORS so
         //    browsers can read the 403. Off unless `geoip.database` names a file.
         .layer(option_layer(geoip))
-        // 10. Content validation: stateless checks of the request head (content type,
+        // 11. Content validation: stateless checks of the request head (content type,
         //    percent-encoding, header size); malformed requests cost no slot and no quota.
         .layer(option_layer(content_validation))
-        // 11. Load shedding: the concurrency limit and its queue, before any work that costs
+        // 12. Load shedding: the concurrency limit and its queue, before any work that costs
         //    (a Redis round trip for the rate limit, the handler); health paths exempt.
         .layer(option_layer(load_shed))
-        // 12. Rate limit: after everything that rejects for free, before any work it protects;
+        // 13. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // 13. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
+        // 14. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
         //     whatever reads the body below.
         .layer(option_layer(body_timeout))
-        // 14. Body limit: before anything reads the body (idempotency, the handler); counts
+        // 15. Body limit: before anything reads the body (idempotency, the handler); counts
         //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
-        // 15. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
+        // 16. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
         //     counts as a failure; while open, answers 503 before any work.
         .layer(option_layer(breaker))
-        // 16. Request timeout: around idempotency and the handler, so a request that runs
+        // 17. Request timeout: around idempotency and the handler, so a request that runs
         //     too long is dropped (its key released) and answered 504.
         .layer(option_layer(timeout))
-        // 17. Idempotency: after everything that rejects (a refused request never reserves a
+        // 18. Idempotency: after everything that rejects (a refused request never reserves a
         //     key), around the handler so a replay never runs it. Auth must run before it
         //     (and before the rate limit) once it lands, so the subject scopes the entries
         //     (issue 9).
         .layer(option_layer(idempotency))
         //
-        // 18. Innermost. Panics become 500 problems, logged with the request id.
+        // 19. Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
 }

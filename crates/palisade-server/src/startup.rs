@@ -124,7 +124,25 @@ impl Application {
             health.clone(),
             public_metrics_path.zip(metrics.clone()),
         );
-        let service = apply_middleware(router, settings, &exempt, breaker, metrics.as_ref())?;
+        #[cfg(feature = "otel")]
+        let otel = crate::telemetry::init_otel(&settings.otel).map_err(|e| {
+            StartupError::Config(format!(
+                "invalid config key `otel.{}`: {}",
+                e.key, e.message
+            ))
+        })?;
+        #[cfg(feature = "otel")]
+        let otel_layer = otel.as_ref().map(palisade::otel::OtelGuard::layer);
+        #[cfg(not(feature = "otel"))]
+        let otel_layer = None;
+        let service = apply_middleware(
+            router,
+            settings,
+            &exempt,
+            breaker,
+            metrics.as_ref(),
+            otel_layer,
+        )?;
         let opts = ServeOptions {
             header_read_timeout: settings.server.header_read_timeout.get(),
             keep_alive_timeout: settings.server.keep_alive_timeout.get(),
@@ -147,16 +165,26 @@ impl Application {
         let serve_health = health.clone();
         let run: Runner = Box::new(move |shutdown| {
             Box::pin(async move {
-                let Some((metrics_listener, registry)) = metrics_listener else {
-                    return serve(listener, service, serve_health, opts, shutdown).await;
-                };
-                // The scrape listener stops with the main one.
-                let shutdown = shutdown.shared();
-                let scrape = serve_metrics(metrics_listener, registry, shutdown.clone());
-                tokio::join!(
-                    serve(listener, service, serve_health, opts, shutdown),
-                    scrape
-                );
+                match metrics_listener {
+                    Some((metrics_listener, registry)) => {
+                        // The scrape listener stops with the main one.
+                        let shutdown = shutdown.shared();
+                        let scrape = serve_metrics(metrics_listener, registry, shutdown.clone());
+                        tokio::join!(
+                            serve(listener, service, serve_health, opts, shutdown),
+                            scrape
+                        );
+                    }
+                    None => serve(listener, service, serve_health, opts, shutdown).await,
+                }
+                // Export the spans of the last requests; the flush blocks, so off the runtime.
+                #[cfg(feature = "otel")]
+                if let Some(otel) = otel {
+                    let flushed = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+                    if let Ok(Err(error)) = flushed {
+                        tracing::warn!(%error, "OpenTelemetry: final export failed");
+                    }
+                }
             })
         });
         Ok(Self { port, health, run })

@@ -1,6 +1,9 @@
 //! Logging setup: the [`ContextFormat`] formatter (request id on every line) writing through
 //! [`BatchWriter`]: lines collect in memory and one background thread writes them every 50 ms,
 //! so the request path never waits on a write syscall or wakes a thread per line.
+//!
+//! Tracing setup ([`init_otel`], the `otel` feature): the OpenTelemetry provider exporting
+//! over OTLP/HTTP, built per application by `Application::build` when `otel.enabled`.
 
 use std::{io::IsTerminal, sync::OnceLock, time::Duration};
 
@@ -67,4 +70,26 @@ static ACCESS_SINK: OnceLock<AccessLogSink> = OnceLock::new();
 /// else `tracing` events (which any installed subscriber receives, as in tests).
 pub fn access_log_sink() -> AccessLogSink {
     ACCESS_SINK.get().cloned().unwrap_or_default()
+}
+
+/// The OpenTelemetry provider for `[otel]`, or `None` when `otel.enabled` is false (then no
+/// layer is installed and requests pay nothing). Also makes it the `opentelemetry::global`
+/// provider, so spans handlers start with `global::tracer(..)` join the request's trace.
+/// Dropping the guard (or `OtelGuard::shutdown`) exports what is still buffered.
+#[cfg(feature = "otel")]
+pub fn init_otel(
+    config: &palisade::otel::OtelConfig,
+) -> Result<Option<palisade::otel::OtelGuard>, palisade::error::ConfigError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let guard = palisade::otel::init(config)?;
+    guard.set_global();
+    tracing::info!(
+        endpoint = config.endpoint.as_str(),
+        service_name = config.service_name.as_str(),
+        sample_ratio = config.sample_ratio,
+        "OpenTelemetry trace export on"
+    );
+    Ok(Some(guard))
 }

@@ -485,6 +485,60 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
+/// The OpenTelemetry layer behind the request context: compare with `layer/request_context`
+/// (the server without `[otel]`, where the layer is absent).
+#[cfg(feature = "otel")]
+fn otel(c: &mut Criterion) {
+    use palisade::otel::{OtelConfig, init_with_exporter};
+
+    /// Drops every batch: the bench measures the request path, not an exporter.
+    #[derive(Debug)]
+    struct Discard;
+    impl opentelemetry_sdk::trace::SpanExporter for Discard {
+        async fn export(
+            &self,
+            _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    let rt = rt();
+    let context = RequestContextLayer::new(&RequestContextConfig::default());
+    for (name, ratio, traceparent) in [
+        ("otel/new_trace_sampled", 1.0, None),
+        (
+            "otel/traceparent_continued_sampled",
+            1.0,
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ),
+        ("otel/new_trace_unsampled", 0.0, None),
+    ] {
+        let config = OtelConfig {
+            enabled: true,
+            sample_ratio: ratio,
+            ..OtelConfig::default()
+        };
+        let guard = init_with_exporter(&config, Discard).unwrap();
+        let mut svc = context
+            .clone()
+            .layer(guard.layer().layer(tower::service_fn(ok)));
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let mut req = request();
+                if let Some(tp) = traceparent {
+                    req.headers_mut()
+                        .insert("traceparent", HeaderValue::from_static(tp));
+                }
+                rt.block_on(svc.call(req)).unwrap()
+            })
+        });
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn otel(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     metrics,
@@ -495,6 +549,7 @@ criterion_group!(
     guards,
     rate_limit,
     idempotency,
-    geoip
+    geoip,
+    otel
 );
 criterion_main!(benches);

@@ -62,6 +62,7 @@
 //! | [`exempt`] | the shared list of infrastructure paths | — |
 //! | [`cors`] | validated CORS on tower-http | `cors` (default) |
 //! | [`logging`] | log formatter with the request context | `json-log` (default) |
+//! | [`otel`] | OpenTelemetry server spans, W3C trace context, OTLP/HTTP export | `otel` |
 
 pub mod access_log;
 pub mod body_limit;
@@ -85,6 +86,8 @@ pub mod load_shed;
 pub mod logging;
 mod macros;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod path_pattern;
 pub mod problem;
 pub mod problem_fallback;

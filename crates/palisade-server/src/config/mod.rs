@@ -89,6 +89,9 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     /// `[redis]`.
     pub redis: RedisSettings,
+    /// `[otel]`: OpenTelemetry tracing (the `otel` feature, on by default).
+    #[cfg(feature = "otel")]
+    pub otel: palisade::otel::OtelConfig,
 }
 
 impl Default for Settings {
@@ -131,6 +134,8 @@ impl Settings {
             timeout: TimeoutConfig::default(),
             idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
+            #[cfg(feature = "otel")]
+            otel: palisade::otel::OtelConfig::default(),
         }
     }
 
@@ -264,6 +269,10 @@ impl Settings {
             std::sync::Arc::new(palisade::idempotency::MemoryStore::new(0, 0)),
         ) {
             return err(&format!("idempotency.{}", e.key), e.message);
+        }
+        #[cfg(feature = "otel")]
+        if let Err(e) = self.otel.validate() {
+            return err(&format!("otel.{}", e.key), e.message);
         }
         let redis_users = [
             (

@@ -9,6 +9,8 @@ mod health;
 mod helpers;
 mod idempotency;
 mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 mod rate_limit;
 mod security;
 mod shutdown;

@@ -4,7 +4,8 @@
 //! `request_id`, `correlation_id`, `method`, `route` (the matched template, or `-`), `path` (no query string:
 //! queries often hold tokens), `status`, `duration_ms`, `request_bytes` (body bytes read, counted by the context layer),
 //! `response_bytes` (body bytes sent), `client_ip` and `completed` (`false` when the client went
-//! away before the body was sent). Headers are never logged, so `Authorization`, `Cookie`,
+//! away before the body was sent), plus `trace_id` and `span_id` of the request's server span
+//! when the `otel` feature's layer started one. Headers are never logged, so `Authorization`, `Cookie`,
 //! `Set-Cookie` and API keys cannot leak through it.
 //!
 //! By default the line is a `tracing` event, so any subscriber can take it. With

@@ -46,8 +46,22 @@ impl AccessLogSink {
     }
 }
 
+/// The request's server span ids, when the OpenTelemetry layer started one.
+#[cfg(feature = "otel")]
+fn span_ids(
+    ctx: &RequestContext,
+) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
+    ctx.span_context().map(|s| (s.trace_id(), s.span_id()))
+}
+
+#[cfg(not(feature = "otel"))]
+fn span_ids(_: &RequestContext) -> Option<(&'static str, &'static str)> {
+    None
+}
+
 fn emit_event(l: &Line<'_>) {
     let ctx = l.ctx;
+    let ids = span_ids(ctx);
     tracing::info!(
         target: super::TARGET,
         request_id = ctx.request_id().as_str(),
@@ -61,6 +75,8 @@ fn emit_event(l: &Line<'_>) {
         response_bytes = l.response_bytes,
         client_ip = ctx.client_ip().map(tracing::field::display),
         completed = l.completed,
+        trace_id = ids.map(|(t, _)| tracing::field::display(t)),
+        span_id = ids.map(|(_, s)| tracing::field::display(s)),
         "request"
     );
 }
@@ -102,10 +118,17 @@ fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
         let _ = write!(out, ",\"client_ip\":\"{ip}\"");
     }
     out.extend_from_slice(if l.completed {
-        b",\"completed\":true}\n"
+        b",\"completed\":true"
     } else {
-        b",\"completed\":false}\n"
+        b",\"completed\":false"
     });
+    if let Some((trace_id, span_id)) = span_ids(ctx) {
+        let _ = write!(
+            out,
+            ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+        );
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(all(test, feature = "json-log"))]
@@ -144,6 +167,36 @@ mod tests {
         assert_eq!(v["completed"], false);
         assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
         assert!(v.get("client_ip").is_none());
+        assert!(v.get("trace_id").is_none());
         assert!(!String::from_utf8(out).unwrap().contains("secret"));
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn the_json_line_carries_the_request_spans_ids() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let ctx = RequestContext::new(RequestId::parse("r-2").unwrap(), None);
+        ctx.set_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ));
+        let uri: Uri = "/".parse().unwrap();
+        let line = Line {
+            ctx: &ctx,
+            method: &Method::GET,
+            uri: &uri,
+            status: StatusCode::OK,
+            response_bytes: 0,
+            completed: true,
+        };
+        let mut out = Vec::new();
+        format_json(&mut out, &line);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(v["completed"], true);
     }
 }

@@ -166,7 +166,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
-        this.ctx.inject(res.headers_mut());
+        // Ids only: a `traceparent` belongs on outgoing requests, not on responses.
+        this.ctx.inject_ids(res.headers_mut());
         Poll::Ready(Ok(res))
     }
 }

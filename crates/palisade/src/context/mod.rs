@@ -27,7 +27,8 @@
 //!     context::current().map(|c| c.request_id().to_string())
 //! });
 //! let mut outgoing = http::HeaderMap::new();
-//! context::inject_current(&mut outgoing); // X-Request-ID, X-Correlation-ID
+//! // X-Request-ID, X-Correlation-ID; with the `otel` feature also traceparent/tracestate
+//! context::inject_current(&mut outgoing);
 //! # let _ = handle.await;
 //! # }
 //! ```
@@ -78,6 +79,9 @@ struct Inner {
     route: OnceLock<Box<str>>,
     request_body_bytes: AtomicU64,
     body_counted: AtomicBool,
+    /// The request's server span, once the OpenTelemetry layer has started it.
+    #[cfg(feature = "otel")]
+    span: OnceLock<opentelemetry::trace::SpanContext>,
 }
 
 impl RequestContext {
@@ -103,6 +107,8 @@ impl RequestContext {
             route: OnceLock::new(),
             request_body_bytes: AtomicU64::new(0),
             body_counted: AtomicBool::new(false),
+            #[cfg(feature = "otel")]
+            span: OnceLock::new(),
         }))
     }
 
@@ -177,6 +183,19 @@ impl RequestContext {
         self.0.request_body_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The request's server span (trace id, span id, sampling), once
+    /// [`OtelLayer`](crate::otel::OtelLayer) has started it.
+    #[cfg(feature = "otel")]
+    pub fn span_context(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.0.span.get()
+    }
+
+    /// Records the request's server span. The first value wins.
+    #[cfg(feature = "otel")]
+    pub(crate) fn set_span_context(&self, span: opentelemetry::trace::SpanContext) -> bool {
+        self.0.span.set(span).is_ok()
+    }
+
     /// Runs `fut` with this context as the current one.
     pub fn scope<F: Future>(&self, fut: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
         CURRENT.scope(self.clone(), fut)
@@ -187,8 +206,22 @@ impl RequestContext {
         CURRENT.sync_scope(self.clone(), f)
     }
 
-    /// Sets `X-Request-ID` and `X-Correlation-ID` on an outgoing request's headers.
+    /// Sets `X-Request-ID` and `X-Correlation-ID` on an outgoing request's headers; with the
+    /// `otel` feature, also `traceparent` (and `tracestate`) of this request's server span
+    /// when [`OtelLayer`](crate::otel::OtelLayer) started one.
+    ///
+    /// [`inject_current`] is the same for the current request, but prefers the active
+    /// OpenTelemetry span (a child span the caller entered) over the server span.
     pub fn inject(&self, headers: &mut HeaderMap) {
+        self.inject_ids(headers);
+        #[cfg(feature = "otel")]
+        if let Some(span) = self.span_context() {
+            crate::otel::inject(span, headers);
+        }
+    }
+
+    /// `X-Request-ID` and `X-Correlation-ID` only: what responses carry.
+    pub(crate) fn inject_ids(&self, headers: &mut HeaderMap) {
         let request_id = self.0.request_id.to_header_value();
         let correlation_id = match &self.0.correlation_id {
             Some(c) => c.to_header_value(),
@@ -223,8 +256,14 @@ where
 }
 
 /// Injects the current context's ids into outgoing headers; no-op outside a request.
+///
+/// With the `otel` feature, also the `traceparent` and `tracestate` of the active span: the
+/// OpenTelemetry span the caller entered, else the request's server span (which a task
+/// started with [`spawn`] still sees). Without an active span no trace header is written.
 pub fn inject_current(headers: &mut HeaderMap) {
-    with_current(|c| c.inject(headers));
+    with_current(|c| c.inject_ids(headers));
+    #[cfg(feature = "otel")]
+    crate::otel::with_active_span(|span| crate::otel::inject(span, headers));
 }
 
 #[cfg(test)]

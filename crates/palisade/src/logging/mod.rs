@@ -7,8 +7,13 @@
 //! a typical `TraceLayer` setup's cost goes. An event that records its own `request_id` (the
 //! access log, written after the request's task is gone) keeps it.
 //!
+//! With the `otel` feature, lines written while a span is active also carry `trace_id` and
+//! `span_id` (lowercase hex, as in `traceparent`): the OpenTelemetry span the code entered,
+//! else the request's server span started by [`OtelLayer`](crate::otel::OtelLayer).
+//!
 //! JSON members: `ts` (RFC 3339 UTC, microseconds), `level`, `target`, `msg`, the event's
-//! fields, then the context members. Span fields are not repeated on each line.
+//! fields, then the context members, then `trace_id` and `span_id`. Span fields are not
+//! repeated on each line.
 //!
 //! ```
 //! use palisade::logging::ContextFormat;
@@ -96,6 +101,16 @@ where
                     Ok(())
                 })
                 .transpose()?;
+                #[cfg(feature = "otel")]
+                crate::otel::with_active_span(|s| {
+                    write!(
+                        w,
+                        ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                        s.trace_id(),
+                        s.span_id()
+                    )
+                })
+                .transpose()?;
             }
             w.write_str("}\n")
         } else {
@@ -123,6 +138,11 @@ where
             if !v.has_request_id {
                 crate::context::with_current(|c| write!(w, " request_id={}", c.request_id()))
                     .transpose()?;
+                #[cfg(feature = "otel")]
+                crate::otel::with_active_span(|s| {
+                    write!(w, " trace_id={} span_id={}", s.trace_id(), s.span_id())
+                })
+                .transpose()?;
             }
             w.write_char('\n')
         }
@@ -414,6 +434,39 @@ mod tests {
         });
         assert!(out.contains(" INFO "), "{out}");
         assert!(out.contains("msg k=1 request_id=rid-2"), "{out}");
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn lines_carry_the_trace_and_span_id_of_the_requests_span() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let ctx = RequestContext::new(RequestId::parse("rid-3").unwrap(), None);
+        let without = capture(ContextFormat::json(), || {
+            ctx.sync_scope(|| tracing::info!("before the span"));
+        });
+        assert!(!without.contains("trace_id"), "{without}");
+        ctx.set_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ));
+        let out = capture(ContextFormat::json(), || {
+            ctx.sync_scope(|| tracing::info!("x"));
+        });
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        let out = capture(ContextFormat::console(false), || {
+            ctx.sync_scope(|| tracing::info!("x"));
+        });
+        assert!(
+            out.contains(
+                "request_id=rid-3 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -6,5 +6,7 @@ mod circuit_breaker;
 mod geoip;
 mod helpers;
 mod idempotency;
+#[cfg(feature = "otel")]
+mod otel;
 mod rate_limit;
 mod stack;
