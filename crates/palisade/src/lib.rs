@@ -65,6 +65,7 @@
 //! | [`otel`] | OpenTelemetry server spans, W3C trace context, OTLP/HTTP export | `otel` |
 
 pub mod access_log;
+mod body_end;
 pub mod body_limit;
 pub mod catch_panic;
 pub mod circuit_breaker;

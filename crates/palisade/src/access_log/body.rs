@@ -3,10 +3,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Buf;
 use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::body_end::see_frame;
 
 use super::sink::{AccessLogSink, Line};
 use crate::context::RequestContext;
@@ -86,27 +87,15 @@ impl<B: Body> Body for AccessLogBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = this.inner.as_mut().poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(data), Some(e)) = (f.data_ref(), this.entry.as_mut()) {
-                    e.response_bytes += data.remaining() as u64;
-                }
-                // hyper stops polling once the body reports its end; log now.
-                if this.inner.is_end_stream() {
-                    if let Some(mut e) = this.entry.take() {
-                        e.completed = true;
-                    }
-                }
+        let seen = see_frame(&frame, this.inner.is_end_stream());
+        if let Some(e) = this.entry.as_mut() {
+            e.response_bytes += seen.bytes;
+        }
+        // The line is written when the entry drops: now, if the body has ended.
+        if let Some(completed) = seen.ended {
+            if let Some(mut e) = this.entry.take() {
+                e.completed = completed;
             }
-            Poll::Ready(None) => {
-                if let Some(mut e) = this.entry.take() {
-                    e.completed = true;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                this.entry.take();
-            }
-            Poll::Pending => {}
         }
         frame
     }

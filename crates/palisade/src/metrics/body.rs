@@ -3,9 +3,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::body_end::see_frame;
 
 use super::registry::Recording;
 
@@ -35,20 +36,13 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = this.inner.as_mut().poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(data), Some(r)) = (f.data_ref(), this.recording.as_mut()) {
-                    r.response_bytes += data.remaining() as u64;
-                }
-                // hyper stops polling once the body reports its end: record now.
-                if this.inner.is_end_stream() {
-                    this.recording.take();
-                }
-            }
-            Poll::Ready(_) => {
-                this.recording.take();
-            }
-            Poll::Pending => {}
+        let seen = see_frame(&frame, this.inner.is_end_stream());
+        if let Some(r) = this.recording.as_mut() {
+            r.response_bytes += seen.bytes;
+        }
+        // The request is recorded when the recording drops: now, if the body has ended.
+        if seen.ended.is_some() {
+            this.recording.take();
         }
         frame
     }
