@@ -12,13 +12,19 @@ use palisade::{
 
 use crate::config::Settings;
 
-/// The registry for `settings`, labelling by `templates`, with the process and build-info
+/// The registry for `settings`, labelling by `templates` (`(template, label)`), with the process and build-info
 /// families; `None` when `metrics.enabled` is off.
-pub fn registry(settings: &Settings, templates: &[String]) -> Result<Option<Metrics>, ConfigError> {
+pub fn registry(
+    settings: &Settings,
+    templates: &[(String, String)],
+) -> Result<Option<Metrics>, ConfigError> {
     if !settings.metrics.enabled {
         return Ok(None);
     }
-    let metrics = Metrics::new(&settings.metrics, templates)?;
+    let metrics = Metrics::with_labels(
+        &settings.metrics,
+        templates.iter().map(|(t, l)| (t.as_str(), l.as_str())),
+    )?;
     metrics.add_collector(ProcessCollector);
     metrics.add_collector(InfoMetric::new(
         "palisade_build_info",
@@ -108,52 +114,91 @@ pub fn idempotency_store(metrics: &Metrics, store: &idempotency::redis::RedisSto
     });
 }
 
-/// A breaker's state (one series per state, 1 for the current one) and counters.
-pub fn breaker(metrics: &Metrics, breaker: &CircuitBreaker) {
-    let breaker = breaker.clone();
+/// Every breaker's state (one series per state, 1 for the current one) and counters, one
+/// family each with a `breaker` label per breaker.
+pub fn breakers(metrics: &Metrics, breakers: Vec<CircuitBreaker>) {
+    if breakers.is_empty() {
+        return;
+    }
     metrics.add_collector(move |out: &mut Exposition| {
-        let s = breaker.snapshot();
-        let name = breaker.name();
+        let snapshots: Vec<_> = breakers.iter().map(|b| (b.name(), b.snapshot())).collect();
         let mut state = out.family(
             "palisade_circuit_breaker_state",
             "1 for the breaker's current state (closed, open, half_open).",
             MetricKind::Gauge,
         );
-        for st in [
-            BreakerState::Closed,
-            BreakerState::Open,
-            BreakerState::HalfOpen,
-        ] {
-            state.sample(
-                &[("breaker", name), ("state", st.as_str())],
-                f64::from(u8::from(st == s.state)),
-            );
+        for (name, s) in &snapshots {
+            for st in [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ] {
+                state.sample(
+                    &[("breaker", name), ("state", st.as_str())],
+                    f64::from(u8::from(st == s.state)),
+                );
+            }
         }
-        let counters = [
+        type Counter = fn(&palisade::circuit_breaker::BreakerSnapshot) -> u64;
+        let counters: [(&str, &str, Counter); 4] = [
             (
                 "palisade_circuit_breaker_calls_total",
                 "Calls the breaker recorded.",
-                s.calls,
+                |s| s.calls,
             ),
             (
                 "palisade_circuit_breaker_failures_total",
                 "Recorded calls that failed.",
-                s.failures,
+                |s| s.failures,
             ),
             (
                 "palisade_circuit_breaker_rejected_total",
                 "Calls refused while open.",
-                s.rejected,
+                |s| s.rejected,
             ),
             (
                 "palisade_circuit_breaker_opened_total",
                 "Times the breaker opened.",
-                s.times_opened,
+                |s| s.times_opened,
             ),
         ];
         for (metric, help, value) in counters {
-            out.family(metric, help, MetricKind::Counter)
-                .sample(&[("breaker", name)], value as f64);
+            let mut family = out.family(metric, help, MetricKind::Counter);
+            for (name, s) in &snapshots {
+                family.sample(&[("breaker", name)], value(s) as f64);
+            }
+        }
+    });
+}
+
+/// `palisade_upstream_ejected{upstream,url}` (1 while a URL is out of the rotation) and
+/// `palisade_upstream_idle_connections{upstream,url}`.
+pub fn gateway(metrics: &Metrics, gateway: &palisade::proxy::Gateway) {
+    let gateway = gateway.clone();
+    metrics.add_collector(move |out: &mut Exposition| {
+        let status = gateway.status();
+        let mut ejected = out.family(
+            "palisade_upstream_ejected",
+            "1 while the upstream URL is ejected after consecutive failures.",
+            MetricKind::Gauge,
+        );
+        for u in &status {
+            for (url, out_now, _) in &u.urls {
+                ejected.sample(
+                    &[("upstream", &u.name), ("url", url)],
+                    f64::from(u8::from(*out_now)),
+                );
+            }
+        }
+        let mut idle = out.family(
+            "palisade_upstream_idle_connections",
+            "Idle keep-alive connections pooled for the upstream URL.",
+            MetricKind::Gauge,
+        );
+        for u in &status {
+            for (url, _, n) in &u.urls {
+                idle.sample(&[("upstream", &u.name), ("url", url)], *n as f64);
+            }
         }
     });
 }

@@ -122,10 +122,8 @@ where
         .map_err(|e| config_err("trusted_hosts", e))?;
     let geoip =
         GeoIpLayer::new(&settings.geoip, exempt.clone()).map_err(|e| config_err("geoip", e))?;
-    // The breaker guards the routes of its own config.
-    if let (Some(m), Some(b)) = (metrics, &breaker) {
-        crate::metrics::breaker(m, b);
-    }
+    // The breaker guards the routes of its own config (its metrics are registered with the
+    // gateway's, at startup).
     let breaker = breaker.map(CircuitBreakerLayer::new);
     let content_validation = settings
         .content_validation

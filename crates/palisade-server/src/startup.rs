@@ -75,6 +75,8 @@ impl Application {
         checks: Vec<Arc<dyn HealthCheck>>,
     ) -> Result<Self, StartupError> {
         let routes = routes.into();
+        // `[upstreams.policy]` becomes route rules of the sections it names.
+        let settings = &settings.with_upstream_policies();
         let host = &settings.server.host;
         let addr = if host.contains(':') {
             format!("[{host}]:{}", settings.server.port)
@@ -88,10 +90,24 @@ impl Application {
             .port();
 
         let breaker = crate::middleware::route_breaker(settings)?;
+        let gateway = (!settings.upstreams.is_empty())
+            .then(|| palisade::proxy::Gateway::new(&settings.upstreams, &settings.client_ip))
+            .transpose()
+            .map_err(|e| {
+                StartupError::Config(format!("invalid config key `{}`: {}", e.key, e.message))
+            })?;
+        // Every breaker: the route group's and each upstream's (readiness warns while open).
+        let breakers: Vec<_> = breaker
+            .iter()
+            .cloned()
+            .chain(gateway.iter().flat_map(palisade::proxy::Gateway::breakers))
+            .collect();
         let mut checks = checks;
-        if let Some(b) = &breaker {
-            checks.push(Arc::new(b.clone()));
-        }
+        checks.extend(
+            breakers
+                .iter()
+                .map(|b| Arc::new(b.clone()) as Arc<dyn HealthCheck>),
+        );
         let timeout = settings.health.check_timeout.get();
         let health = checks
             .into_iter()
@@ -100,13 +116,19 @@ impl Application {
         // Metrics on the main listener, or on their own (`metrics.listen`).
         let m = &settings.metrics;
         let public_metrics_path = (m.enabled && m.listen.is_none()).then_some(m.path.as_str());
-        let templates = routes::templates(&routes, public_metrics_path);
+        let templates = routes::templates(&routes, public_metrics_path, &settings.upstreams);
         let metrics = crate::metrics::registry(settings, &templates).map_err(|e| {
             StartupError::Config(format!(
                 "invalid config key `metrics.{}`: {}",
                 e.key, e.message
             ))
         })?;
+        if let Some(m) = &metrics {
+            crate::metrics::breakers(m, breakers);
+            if let Some(g) = &gateway {
+                crate::metrics::gateway(m, g);
+            }
+        }
         let metrics_listener = match (&metrics, m.listen) {
             (Some(registry), Some(addr)) => {
                 Some((bind(&addr.to_string()).await?, registry.clone()))
@@ -123,6 +145,7 @@ impl Application {
             routes,
             health.clone(),
             public_metrics_path.zip(metrics.clone()),
+            gateway,
         );
         #[cfg(feature = "otel")]
         let otel = crate::telemetry::init_otel(&settings.otel).map_err(|e| {

@@ -92,6 +92,8 @@ pub mod otel;
 mod path_pattern;
 pub mod problem;
 pub mod problem_fallback;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis_connection;

@@ -71,11 +71,19 @@ pub enum Rejection {
     Forbidden,
     /// `catch_panic`: the handler panicked (500).
     Panic,
+    /// `gateway`: no upstream could be reached (502).
+    UpstreamUnavailable,
+    /// `gateway`: the upstream did not answer in time (504).
+    UpstreamTimeout,
+    /// `gateway`: the request's framing is ambiguous or invalid, a smuggling risk (400).
+    MalformedFraming,
+    /// `gateway`: a protocol upgrade the route does not pass through (501).
+    UpgradeUnsupported,
 }
 
 impl Rejection {
     /// Every variant, in declaration order (`ALL[r.index()] == r`).
-    pub const ALL: [Rejection; 24] = [
+    pub const ALL: [Rejection; 28] = [
         Self::UntrustedHost,
         Self::Location,
         Self::UnsupportedMediaType,
@@ -100,6 +108,10 @@ impl Rejection {
         Self::Unauthenticated,
         Self::Forbidden,
         Self::Panic,
+        Self::UpstreamUnavailable,
+        Self::UpstreamTimeout,
+        Self::MalformedFraming,
+        Self::UpgradeUnsupported,
     ];
 
     /// The position of this variant in [`ALL`](Self::ALL).
@@ -129,6 +141,10 @@ impl Rejection {
             | Self::IdempotencyStoreUnavailable => "idempotency",
             Self::Unauthenticated | Self::Forbidden => "auth",
             Self::Panic => "catch_panic",
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout
+            | Self::MalformedFraming
+            | Self::UpgradeUnsupported => "gateway",
         }
     }
 
@@ -159,6 +175,10 @@ impl Rejection {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::Panic => "panic",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::MalformedFraming => "malformed_framing",
+            Self::UpgradeUnsupported => "upgrade_unsupported",
         }
     }
 }

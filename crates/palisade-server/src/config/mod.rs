@@ -13,6 +13,7 @@ mod redis;
 mod response_time;
 mod security;
 mod server;
+mod upstreams;
 
 use palisade::{
     body_limit::BodyLimitConfig, circuit_breaker::CircuitBreakerConfig, client_ip::ClientIpConfig,
@@ -92,6 +93,8 @@ pub struct Settings {
     /// `[otel]`: OpenTelemetry tracing (the `otel` feature, on by default).
     #[cfg(feature = "otel")]
     pub otel: palisade::otel::OtelConfig,
+    /// `[[upstreams]]`: gateway mode, prefixes proxied to upstream services (none: off).
+    pub upstreams: Vec<palisade::proxy::UpstreamConfig>,
 }
 
 impl Default for Settings {
@@ -136,6 +139,7 @@ impl Settings {
             redis: RedisSettings::default(),
             #[cfg(feature = "otel")]
             otel: palisade::otel::OtelConfig::default(),
+            upstreams: Vec::new(),
         }
     }
 
@@ -313,6 +317,7 @@ impl Settings {
                 );
             }
         }
+        self.validate_upstreams()?;
         if let Err(e) = self.metrics.validate() {
             return err(&format!("metrics.{}", e.key), e.message);
         }

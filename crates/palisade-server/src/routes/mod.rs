@@ -3,8 +3,13 @@
 
 mod health;
 
-use axum::{Router, routing::MethodRouter, routing::get};
-use palisade::{health::Health, metrics::Metrics};
+use axum::{Router, extract::Request, response::IntoResponse, routing::MethodRouter, routing::get};
+use palisade::{
+    health::Health,
+    metrics::Metrics,
+    proxy::{Gateway, UpstreamConfig},
+};
+use tower::Service;
 
 use crate::error::ApiError;
 
@@ -52,18 +57,38 @@ pub fn reserved_paths() -> [&'static str; 2] {
     palisade::health::HEALTH_PATHS
 }
 
-/// Every template the final router serves: the application's, the health routes' and, when
-/// served here, the metrics path.
-pub fn templates(routes: &AppRoutes, metrics_path: Option<&str>) -> Vec<String> {
-    let mut all = routes.templates.clone();
-    all.extend(reserved_paths().iter().map(|p| (*p).to_owned()));
-    all.extend(metrics_path.map(str::to_owned));
-    all
+/// Every template the final router serves, with its metric label: the application's, the
+/// health routes' and, when served here, the metrics path (each its own label), then the
+/// gateway's prefixes (`/orders` and `/orders/{*path}`, both labelled `/orders/{*path}`).
+pub fn templates(
+    routes: &AppRoutes,
+    metrics_path: Option<&str>,
+    upstreams: &[UpstreamConfig],
+) -> Vec<(String, String)> {
+    let own = routes
+        .templates
+        .iter()
+        .cloned()
+        .chain(reserved_paths().into_iter().map(str::to_owned))
+        .chain(metrics_path.map(str::to_owned))
+        .map(|t| (t.clone(), t));
+    let proxied = upstreams.iter().flat_map(|u| {
+        let t = u.route_templates();
+        let label = t[t.len() - 1].clone();
+        t.into_iter().map(move |t| (t, label.clone()))
+    });
+    own.chain(proxied).collect()
 }
 
 /// Health routes, the metrics endpoint (`Some((path, registry))` when served on the main
-/// listener) and the 404 fallback, around the application's own `routes`.
-pub fn router(routes: AppRoutes, health: Health, metrics: Option<(&str, Metrics)>) -> Router {
+/// listener) and the fallback (the gateway for the paths it proxies, else 404), around the
+/// application's own `routes`.
+pub fn router(
+    routes: AppRoutes,
+    health: Health,
+    metrics: Option<(&str, Metrics)>,
+    gateway: Option<Gateway>,
+) -> Router {
     let health_routes = Router::new()
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -72,9 +97,21 @@ pub fn router(routes: AppRoutes, health: Health, metrics: Option<(&str, Metrics)
     if let Some((path, metrics)) = metrics {
         router = router.route(path, metrics_endpoint(metrics));
     }
-    router
-        .route_layer(crate::middleware::RecordRouteLayer)
-        .fallback(not_found)
+    let router = router.route_layer(crate::middleware::RecordRouteLayer);
+    match gateway {
+        // Routes of the application win; what they leave goes upstream when a prefix takes it.
+        Some(gateway) => router.fallback_service(tower::service_fn(move |req: Request| {
+            let mut gateway = gateway.clone();
+            async move {
+                if gateway.matches(&req) {
+                    gateway.call(req).await
+                } else {
+                    Ok(not_found().await.into_response())
+                }
+            }
+        })),
+        None => router.fallback(not_found),
+    }
 }
 
 /// `GET` of the exposition (behind the token when one is configured).

@@ -171,22 +171,42 @@ impl Metrics {
         I: IntoIterator<Item = T>,
         T: AsRef<str>,
     {
+        let templates: Vec<T> = templates.into_iter().collect();
+        Self::with_labels(config, templates.iter().map(|t| (t.as_ref(), t.as_ref())))
+    }
+
+    /// Like [`new`](Self::new), with a label per template: several templates may share one
+    /// label (a gateway prefix `/orders` and `/orders/{*path}` both count as
+    /// `/orders/{*path}`). A template given twice keeps its first label.
+    pub fn with_labels<'a, I>(config: &MetricsConfig, templates: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
         config.validate()?;
         let mut matcher = matchit::Router::new();
         let mut declared: Vec<Box<str>> = Vec::new();
-        for t in templates {
-            let t = t.as_ref();
-            if declared.iter().any(|d| **d == *t) {
+        let mut patterns: Vec<&str> = Vec::new();
+        for (t, label) in templates {
+            if patterns.contains(&t) {
                 continue;
             }
-            let slot = u16::try_from(declared.len())
-                .ok()
-                .filter(|s| usize::from(*s) < 4096)
-                .ok_or_else(|| ConfigError::new("routes", "at most 4096 route templates"))?;
+            let slot = match declared.iter().position(|d| **d == *label) {
+                Some(s) => s as u16,
+                None => {
+                    let slot = u16::try_from(declared.len())
+                        .ok()
+                        .filter(|s| usize::from(*s) < 4096)
+                        .ok_or_else(|| {
+                            ConfigError::new("routes", "at most 4096 route templates")
+                        })?;
+                    declared.push(label.into());
+                    slot
+                }
+            };
             matcher
                 .insert(t, slot)
                 .map_err(|e| ConfigError::new("routes", format!("{t:?}: {e}")))?;
-            declared.push(t.into());
+            patterns.push(t);
         }
         let slots = declared.len() + 1 + MAX_LEARNT_ROUTES;
         let layout = Layout::new(config);
