@@ -167,6 +167,7 @@ impl Application {
             otel_layer,
         )?;
         let opts = ServeOptions {
+            detect_ambiguous_framing: !settings.upstreams.is_empty(),
             header_read_timeout: settings.server.header_read_timeout.get(),
             keep_alive_timeout: settings.server.keep_alive_timeout.get(),
             shutdown_delay: settings.server.shutdown_delay.get(),

@@ -42,6 +42,8 @@ use tokio::{
 };
 use tower::{Service, ServiceExt};
 
+use super::framing::HeadScan;
+
 /// Requests of one connection in progress (HTTP/2 may have several), and the task to wake
 /// when the last one ends so the keep-alive clock starts even if no byte arrives.
 #[derive(Debug, Default)]
@@ -54,6 +56,9 @@ pub(crate) struct ConnState {
     /// Switched protocols (`101`, a WebSocket): the socket now belongs to the upgrade, and
     /// HTTP deadlines no longer apply.
     upgraded: AtomicBool,
+    /// The head just read had both `Content-Length` and `Transfer-Encoding` (gateway mode
+    /// only; see [`framing`](super::framing)); taken by the request it belongs to.
+    ambiguous_framing: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,9 @@ pin_project! {
         // start a "request head"; only the keep-alive deadline applies between streams.
         h2: bool,
         first_read: bool,
+        // Gateway mode: the scan of the request head being read, from its first byte.
+        scan: Option<HeadScan>,
+        detect_framing: bool,
     }
 }
 
@@ -94,6 +102,7 @@ impl<T> GuardedIo<T> {
         state: Arc<ConnState>,
         header_read: Duration,
         keep_alive: Duration,
+        detect_framing: bool,
     ) -> Self {
         let deadline = Instant::now() + header_read;
         Self {
@@ -108,6 +117,8 @@ impl<T> GuardedIo<T> {
             seen: 0,
             h2: false,
             first_read: true,
+            scan: detect_framing.then(HeadScan::new),
+            detect_framing,
         }
     }
 }
@@ -148,10 +159,22 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
                     *this.h2 = true;
                     *this.phase = Phase::Idle;
                     *this.deadline = Instant::now() + *this.keep_alive;
+                    *this.scan = None;
                 } else if *this.phase == Phase::Idle && !*this.h2 && buf.filled().len() > before {
                     // A new request starts: its head must be complete in time.
                     *this.phase = Phase::Head;
                     *this.deadline = Instant::now() + *this.header_read;
+                    if *this.detect_framing {
+                        *this.scan = Some(HeadScan::new());
+                    }
+                }
+                if let Some(scan) = this.scan {
+                    if let Some(ambiguous) = scan.feed(&buf.filled()[before..]) {
+                        this.state
+                            .ambiguous_framing
+                            .store(ambiguous, Ordering::Release);
+                        *this.scan = None;
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -243,6 +266,10 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.info);
+        if self.state.ambiguous_framing.swap(false, Ordering::AcqRel) {
+            req.extensions_mut()
+                .insert(palisade::proxy::AmbiguousFraming);
+        }
         let connect = req.method() == http::Method::CONNECT;
         ConnFuture {
             inner: self.svc.clone().oneshot(req),

@@ -7,6 +7,7 @@
 //! client-IP resolution.
 
 mod conn;
+mod framing;
 mod limits;
 
 use std::{
@@ -49,6 +50,8 @@ pub(crate) struct ServeOptions {
     /// HTTP/2's limit on the header list (h2 answers a bare `431` beyond it); `None`: h2's
     /// default, 16 KiB.
     pub(crate) max_h2_header_list: Option<u32>,
+    /// Scan request heads for `Content-Length` with `Transfer-Encoding` (gateway mode).
+    pub(crate) detect_ambiguous_framing: bool,
 }
 
 /// Serves until `shutdown` resolves, then: readiness fails at once, connections are still
@@ -116,6 +119,7 @@ pub(crate) async fn serve<S, B>(
             state,
             opts.header_read_timeout,
             opts.keep_alive_timeout,
+            opts.detect_ambiguous_framing,
         );
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let conn = graceful.watch(conn.into_owned());

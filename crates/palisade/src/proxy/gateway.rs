@@ -239,6 +239,9 @@ impl Gateway {
         if let Some(ctx) = &ctx {
             ctx.set_route(&route.label);
         }
+        if req.extensions().get::<super::AmbiguousFraming>().is_some() {
+            return framing_refused("Content-Length and Transfer-Encoding together are ambiguous.");
+        }
         if let Some(problem) = framing_problem(req.headers()) {
             return problem;
         }
@@ -515,12 +518,17 @@ fn framing_problem(headers: &HeaderMap) -> Option<Response<Body>> {
     } else {
         None
     };
-    detail.map(|d| {
+    detail.map(framing_refused)
+}
+
+fn framing_refused(detail: &'static str) -> Response<Body> {
+    // Whatever follows on this connection cannot be trusted to be a request of its own.
+    crate::problem::close_connection(
         Problem::new(StatusCode::BAD_REQUEST)
-            .with_detail(d)
+            .with_detail(detail)
             .with_rejection(Rejection::MalformedFraming)
-            .into_response()
-    })
+            .into_response(),
+    )
 }
 
 fn is_websocket(headers: &HeaderMap) -> bool {

@@ -73,3 +73,10 @@ pub use config::{
     DEFAULT_MAX_IDLE, DEFAULT_RESPONSE_TIMEOUT, HostHeader, RoutePolicy, UpstreamConfig,
 };
 pub use gateway::{Gateway, UpstreamStatus};
+
+/// Request extension: the request head carried both `Content-Length` and
+/// `Transfer-Encoding`. hyper drops `Content-Length` before any service runs, so only the
+/// server's connection reader can tell; Palisade's server inserts this in gateway mode and
+/// [`Gateway`] answers such requests `400` without contacting the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousFraming;
