@@ -43,7 +43,9 @@ impl UpstreamBody {
         let mut lease = Some(lease);
         if inner.is_end_stream() {
             // Nothing to read (204, 304, HEAD, `Content-Length: 0`): reusable now.
-            lease.take().map(Lease::release);
+            if let Some(l) = lease.take() {
+                l.release();
+            }
         }
         Self { inner, lease }
     }
@@ -61,13 +63,17 @@ impl HttpBody for UpstreamBody {
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
-                this.lease.take().map(Lease::release);
+                if let Some(l) = this.lease.take() {
+                    l.release();
+                }
             }
             Poll::Ready(Some(Err(_))) => {
                 this.lease.take();
             }
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                this.lease.take().map(Lease::release);
+                if let Some(l) = this.lease.take() {
+                    l.release();
+                }
             }
             _ => {}
         }

@@ -146,7 +146,7 @@ impl Gateway {
             });
         }
         // Longest prefix first; `sort_by` is stable, so equal prefixes keep their order.
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Self(Arc::new(Inner {
             routes: routes.into(),
             trusted: TrustedProxies::new(client_ip),
@@ -223,7 +223,7 @@ where
 /// How one attempt ended without a response.
 enum Failure {
     /// Nothing was sent: another URL may be tried, whatever the method.
-    Unsent(Request<Body>, String),
+    Unsent(Box<Request<Body>>, String),
     /// Bytes went out (or the timeout passed): answered 502/504, never retried.
     Sent { timeout: bool, detail: String },
 }
@@ -358,7 +358,7 @@ impl Gateway {
                 Err(Failure::Unsent(back, detail)) => {
                     upstream.failed(i);
                     tracing::warn!(upstream = %upstream.name, url = %backend.url, error = %detail, "upstream unreachable");
-                    req = Some(back);
+                    req = Some(*back);
                     if !idempotent {
                         break;
                     }
@@ -410,7 +410,7 @@ async fn attempt(
                     ConnectError::Timeout => "connect timed out".to_owned(),
                     other => other.to_string(),
                 };
-                return Err(Failure::Unsent(req, detail));
+                return Err(Failure::Unsent(Box::new(req), detail));
             }
         };
         let sent = tokio::time::timeout(response_timeout, tx.try_send_request(req)).await;
@@ -434,7 +434,7 @@ async fn attempt(
         }
     }
     Err(Failure::Unsent(
-        req,
+        Box::new(req),
         "connections closed before use".to_owned(),
     ))
 }
