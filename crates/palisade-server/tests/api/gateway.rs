@@ -200,6 +200,34 @@ async fn a_slow_upstream_is_a_504_within_the_response_timeout() {
 }
 
 #[tokio::test]
+async fn the_response_timeout_starts_when_the_upload_has_been_sent() {
+    let up = Upstream::start().await;
+    let app = gateway(&[up.url()], "response_timeout = \"300ms\"", "").await;
+    // Ten chunks 100 ms apart: about 1 s of upload, well past the 300 ms response timeout.
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1000])),
+            i + 1,
+        ))
+    });
+    let res = app
+        .client
+        .put(app.url("/svc/upload"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["body_len"], 10_000);
+}
+
+#[tokio::test]
 async fn a_stopped_upstream_is_a_502() {
     let up = Upstream::start().await;
     let app = gateway(&[up.url()], "", "").await;

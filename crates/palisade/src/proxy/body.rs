@@ -142,3 +142,58 @@ impl HttpBody for Prepended {
         hint
     }
 }
+
+pin_project! {
+    /// A request body that says when it has been sent to the end, so the response timeout
+    /// starts then: a long upload is bounded by the body idle timeout, not by
+    /// `response_timeout`.
+    pub(crate) struct SignalEnd {
+        #[pin]
+        inner: Body,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+}
+
+impl SignalEnd {
+    pub(crate) fn new(inner: Body, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        let mut done = Some(done);
+        if inner.is_end_stream() {
+            if let Some(d) = done.take() {
+                let _ = d.send(());
+            }
+        }
+        Self { inner, done }
+    }
+}
+
+impl HttpBody for SignalEnd {
+    type Data = Bytes;
+    type Error = axum_core::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some(d) = this.done.take() {
+                let _ = d.send(());
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -6,7 +6,7 @@ use crate::{circuit_breaker::CircuitBreakerConfig, duration::ConfigDuration, err
 
 /// Default time to open a TCP connection to an upstream.
 pub const DEFAULT_CONNECT_TIMEOUT: ConfigDuration = ConfigDuration::secs(5);
-/// Default time from sending the request head to the upstream's response head.
+/// Default time from the end of the request body to the upstream's response head.
 pub const DEFAULT_RESPONSE_TIMEOUT: ConfigDuration = ConfigDuration::secs(30);
 /// Default time an idle pooled connection is kept: below uvicorn's 5 s keep-alive, so the
 /// gateway gives a connection up before a FastAPI server closes it under its feet.
@@ -59,8 +59,8 @@ pub struct UpstreamConfig {
     /// Time to connect to an upstream URL. Default 5 s.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: ConfigDuration,
-    /// Time from sending the request to the upstream's response head; then `504`.
-    /// Default 30 s.
+    /// Time from the end of the request body (sent upstream) to the upstream's response
+    /// head; then `504`. Default 30 s.
     #[serde(default = "default_response_timeout")]
     pub response_timeout: ConfigDuration,
     /// How long an idle keep-alive connection is kept. Default 4 s.

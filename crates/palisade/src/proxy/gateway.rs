@@ -31,7 +31,7 @@ use crate::{
 
 use super::{
     HostHeader, UpstreamConfig,
-    body::{Lease, Prepended, UpstreamBody},
+    body::{Lease, Prepended, SignalEnd, UpstreamBody},
     headers::{self, Hop},
     pool::ConnectError,
     upstream::Upstream,
@@ -413,9 +413,19 @@ async fn attempt(
                 return Err(Failure::Unsent(Box::new(req), detail));
             }
         };
-        let sent = tokio::time::timeout(response_timeout, tx.try_send_request(req)).await;
+        // The response timeout starts once the request body has been sent to the end.
+        let (body_sent, sent_rx) = tokio::sync::oneshot::channel();
+        let wrapped = req.map(|b| Body::new(SignalEnd::new(b, body_sent)));
+        let deadline = async {
+            let _ = sent_rx.await;
+            tokio::time::sleep(response_timeout).await;
+        };
+        let sent = tokio::select! {
+            r = tx.try_send_request(wrapped) => Ok(r),
+            () = deadline => Err(()),
+        };
         match sent {
-            Err(_elapsed) => {
+            Err(()) => {
                 return Err(Failure::Sent {
                     timeout: true,
                     detail: "response timed out".to_owned(),
