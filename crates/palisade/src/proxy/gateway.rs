@@ -246,8 +246,8 @@ impl Gateway {
             return problem;
         }
         let websocket = is_websocket(req.headers());
-        if !websocket && req.headers().contains_key(UPGRADE) && req.method() == Method::CONNECT {
-            return upgrade_unsupported("CONNECT is not proxied.");
+        if req.method() == Method::CONNECT {
+            return upgrade_unsupported("CONNECT tunnels are not proxied.");
         }
         if websocket && !route.websocket {
             return upgrade_unsupported("WebSocket upgrades are not passed through on this route.");

@@ -39,7 +39,7 @@
 //! - **Passes WebSockets through.** An `Upgrade: websocket` request goes to the upstream on
 //!   its own connection; when it answers `101`, bytes are copied both ways until either side
 //!   closes. `websocket = false` answers `501` instead. Other upgrades (`h2c`) are dropped
-//!   as hop-by-hop and the request forwarded as plain HTTP/1.1.
+//!   as hop-by-hop and the request forwarded as plain HTTP/1.1; `CONNECT` is answered `501`.
 //!
 //! The request context's route is set to the upstream's label (`/orders/{*path}`), so logs
 //! and metrics group a proxied prefix as one route.
