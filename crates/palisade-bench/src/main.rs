@@ -4,16 +4,23 @@
 //! switched off by configuration, **interleaved** round by round so machine drift hits all
 //! alike. The server is pinned to core 0 and `wrk` to core 1; for each run it records req/s,
 //! p50 and p99 latency (wrk's `--latency`) and the server's CPU time per request (utime and
-//! stime of the whole process from `/proc/<pid>/stat`). It prints medians over the rounds, the
-//! ratios to bare axum, and the per-layer cost (full stack minus the variant without it).
+//! stime of the whole process and its children from `/proc/<pid>/stat`). It prints medians
+//! over the rounds, the ratios to bare axum, and the per-layer cost (full stack minus the
+//! variant without it).
+//!
+//! The gateway variants put a proxy on core 0 in front of one shared upstream (`bench-bare`,
+//! started once for the run and pinned to core 1 next to wrk): the real `palisade` binary in
+//! gateway mode (`[[upstreams]] prefix = "/"`), and nginx (one worker, upstream keep-alive) for
+//! comparison; `upstream` hits that upstream directly, the ceiling of every proxied run.
 //!
 //! ```text
 //! palisade-bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
 //!                [--only NAME,NAME] [--out FILE]
 //! ```
 //!
-//! `--smoke` runs bare, full and the Redis-backed variant once for one second each: proof that the harness works, no
-//! claim about speed. Run through `bench/run`, which installs wrk and builds release binaries.
+//! `--smoke` runs bare, full, the Redis-backed variant, gateway and nginx once for one second
+//! each: proof that the harness works, no claim about speed. Run through `bench/run`, which
+//! installs wrk, redis-server and nginx and builds release binaries.
 
 use std::{
     collections::BTreeMap,
@@ -24,11 +31,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use palisade_bench::BENCH_PATH;
+
 /// One server configuration under test.
 struct Variant {
     name: &'static str,
     what: &'static str,
-    bin: &'static str,
+    server: Server,
+    /// `PALISADE_*` variables over the bench config (palisade servers only).
     env: &'static [(&'static str, &'static str)],
     /// For "one layer off" variants: the layer whose cost `full - this` measures.
     layer: Option<&'static str>,
@@ -49,11 +59,43 @@ quotas = [{ limit = 4000000000, window = "1s" }]
 header = "off"
 "#;
 
+/// What a variant runs on core 0, and so what `wrk` talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// A harness binary serving `/bench` itself.
+    Own(&'static str),
+    /// The `palisade` binary in gateway mode, proxying every path to the upstream.
+    Gateway,
+    /// nginx, one worker, proxying to the upstream over keep-alive connections.
+    Nginx,
+    /// No proxy: `wrk` talks to the upstream (on core 1) directly.
+    Upstream,
+}
+
+impl Server {
+    /// Whether the variant needs the shared upstream.
+    fn uses_upstream(self) -> bool {
+        !matches!(self, Self::Own(_))
+    }
+}
+
+/// The stack cut down to what cannot be switched off.
+const MINIMAL_ENV: &[(&str, &str)] = &[
+    ("PALISADE_LOG__ACCESS_LOG", "false"),
+    ("PALISADE_SECURITY_HEADERS__ENABLED", "false"),
+    ("PALISADE_RATE_LIMIT__ENABLED", "false"),
+    ("PALISADE_CONTENT_VALIDATION__ENABLED", "false"),
+    ("PALISADE_LOAD_SHED__ENABLED", "false"),
+    ("PALISADE_TIMEOUT__ENABLED", "false"),
+    ("PALISADE_IDEMPOTENCY__ENABLED", "false"),
+    ("PALISADE_METRICS__ENABLED", "false"),
+];
+
 const VARIANTS: &[Variant] = &[
     Variant {
         name: "bare",
         what: "axum 0.8, axum::serve, no middleware",
-        bin: "bench-bare",
+        server: Server::Own("bench-bare"),
         env: &[],
         layer: None,
         redis: false,
@@ -61,7 +103,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "full",
         what: "palisade default stack, JSON access log to a file",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[],
         layer: None,
         redis: false,
@@ -69,7 +111,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "no-access-log",
         what: "full minus the access log",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[("PALISADE_LOG__ACCESS_LOG", "false")],
         layer: Some("access log (JSON line, background writer)"),
         redis: false,
@@ -77,7 +119,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "no-security-headers",
         what: "full minus the security headers",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[("PALISADE_SECURITY_HEADERS__ENABLED", "false")],
         layer: Some("security headers"),
         redis: false,
@@ -85,7 +127,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "no-rate-limit",
         what: "full minus the rate limiter",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[("PALISADE_RATE_LIMIT__ENABLED", "false")],
         layer: Some("rate limit (in memory, per IP, headers)"),
         redis: false,
@@ -93,7 +135,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "no-metrics",
         what: "full minus Prometheus metrics",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[("PALISADE_METRICS__ENABLED", "false")],
         layer: Some("metrics (route match, counters, histograms, in-flight)"),
         redis: false,
@@ -101,7 +143,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "no-guards",
         what: "full minus content validation, load shedding and the timeouts",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[
             ("PALISADE_CONTENT_VALIDATION__ENABLED", "false"),
             ("PALISADE_LOAD_SHED__ENABLED", "false"),
@@ -113,24 +155,15 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "minimal",
         what: "request context, problem fallback, body limit, panic catcher, own serve loop (no metrics)",
-        bin: "bench-palisade",
-        env: &[
-            ("PALISADE_LOG__ACCESS_LOG", "false"),
-            ("PALISADE_SECURITY_HEADERS__ENABLED", "false"),
-            ("PALISADE_RATE_LIMIT__ENABLED", "false"),
-            ("PALISADE_CONTENT_VALIDATION__ENABLED", "false"),
-            ("PALISADE_LOAD_SHED__ENABLED", "false"),
-            ("PALISADE_TIMEOUT__ENABLED", "false"),
-            ("PALISADE_IDEMPOTENCY__ENABLED", "false"),
-            ("PALISADE_METRICS__ENABLED", "false"),
-        ],
+        server: Server::Own("bench-palisade"),
+        env: MINIMAL_ENV,
         layer: None,
         redis: false,
     },
     Variant {
         name: "plus-trusted-hosts",
         what: "full plus a Host allowlist",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[(
             "PALISADE_TRUSTED_HOSTS__ALLOWED_HOSTS",
             "127.0.0.1,localhost",
@@ -141,7 +174,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "plus-cors",
         what: "full plus CORS for one origin (requests carry no Origin)",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[("PALISADE_CORS__ALLOW_ORIGINS", "https://app.example.com")],
         layer: None,
         redis: false,
@@ -149,10 +182,50 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "redis-rate-limit",
         what: "full with the rate limiter on Redis (one Lua call per request)",
-        bin: "bench-palisade",
+        server: Server::Own("bench-palisade"),
         env: &[("PALISADE_RATE_LIMIT__STORE", "redis")],
         layer: None,
         redis: true,
+    },
+    Variant {
+        name: "gateway",
+        what: "palisade binary proxying the upstream: default stack, JSON access log to a file",
+        server: Server::Gateway,
+        env: &[],
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "gateway-no-access-log",
+        what: "gateway minus the access log",
+        server: Server::Gateway,
+        env: &[("PALISADE_LOG__ACCESS_LOG", "false")],
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "gateway-minimal",
+        what: "gateway with the stack cut as in minimal: the proxy path itself",
+        server: Server::Gateway,
+        env: MINIMAL_ENV,
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "nginx",
+        what: "nginx, 1 worker, upstream keep-alive 64, buffered access log to a file",
+        server: Server::Nginx,
+        env: &[],
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "upstream",
+        what: "the upstream alone (bench-bare on core 1 with wrk): the proxies' ceiling",
+        server: Server::Upstream,
+        env: &[],
+        layer: None,
+        redis: false,
     },
 ];
 
@@ -173,6 +246,26 @@ struct Sample {
     cpu_us: f64,
     user_us: f64,
     requests: u64,
+    /// Responses other than 2xx/3xx: a run with any measured something else (a proxy
+    /// answering 502, a limiter answering 429).
+    non_2xx: u64,
+}
+
+/// What every run shares: where binaries, logs and configs are, the helpers on core 1.
+struct Bench {
+    bin_dir: PathBuf,
+    /// Access logs (palisade's and nginx's), one file per variant, removed at the end.
+    log_dir: PathBuf,
+    /// nginx's prefix: its generated config, pid file, error log and temp directories.
+    nginx_dir: PathBuf,
+    /// `PALISADE_*` variables every palisade variant gets.
+    shared_env: Vec<(String, String)>,
+    /// The bench config plus `[[upstreams]]` to the upstream, for the gateway variants.
+    gateway_config: PathBuf,
+    /// The shared upstream and its port.
+    upstream: Option<(Child, u16)>,
+    redis: Option<(Child, String)>,
+    clk_tck: f64,
 }
 
 fn main() {
@@ -185,19 +278,16 @@ fn main() {
         .iter()
         .filter(|v| match &opts.only {
             Some(names) => v.name == "bare" || names.iter().any(|n| n == v.name),
-            None => !opts.smoke || matches!(v.name, "bare" | "full" | "redis-rate-limit"),
+            None => {
+                !opts.smoke
+                    || matches!(
+                        v.name,
+                        "bare" | "full" | "redis-rate-limit" | "gateway" | "nginx"
+                    )
+            }
         })
         .collect();
-    let clk_tck = clock_ticks();
-    let log_dir = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&log_dir).expect("log dir");
-    let config = log_dir.join("bench.toml");
-    std::fs::write(&config, BENCH_CONFIG).expect("bench config");
-    let mut redis = variants.iter().any(|v| v.redis).then(start_redis);
-    let mut shared_env = vec![("PALISADE_CONFIG".to_owned(), config.display().to_string())];
-    if let Some((_, url)) = &redis {
-        shared_env.push(("PALISADE_REDIS__URL".to_owned(), url.clone()));
-    }
+    let bench = Bench::start(&bin_dir, &variants);
 
     eprintln!(
         "palisade-bench: {} variants x {} rounds x {} s, {} connections; server on core 0, wrk on core 1",
@@ -209,18 +299,24 @@ fn main() {
     let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     for round in 1..=opts.rounds {
         for v in &variants {
-            let s = run_one(v, &bin_dir, &log_dir, &shared_env, &opts, clk_tck);
+            let s = bench.run_one(v, &opts);
             eprintln!(
-                "  round {round} {:<20} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>5.2} us/req",
-                v.name, s.rps, s.p50_us, s.p99_us, s.cpu_us
+                "  round {round} {:<22} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>5.2} us/req{}",
+                v.name,
+                s.rps,
+                s.p50_us,
+                s.p99_us,
+                s.cpu_us,
+                if s.non_2xx > 0 {
+                    format!("  NON-2XX {}", s.non_2xx)
+                } else {
+                    String::new()
+                }
             );
             samples.entry(v.name).or_default().push(s);
         }
     }
-    let _ = std::fs::remove_dir_all(&log_dir);
-    if let Some((child, _)) = &mut redis {
-        stop(child);
-    }
+    bench.stop();
 
     let medians: BTreeMap<&str, Sample> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
     let report = render(&variants, &medians, &opts);
@@ -232,6 +328,15 @@ fn main() {
     if medians.values().any(|s| s.requests == 0) {
         eprintln!("palisade-bench: a variant served no requests");
         std::process::exit(1);
+    }
+    for (name, s) in &medians {
+        if s.non_2xx > 0 {
+            eprintln!(
+                "palisade-bench: {name} answered {} requests with neither 2xx nor 3xx in a run",
+                s.non_2xx
+            );
+            std::process::exit(1);
+        }
     }
 }
 
@@ -285,76 +390,248 @@ fn usage(msg: &str) -> ! {
     std::process::exit(2);
 }
 
+impl Bench {
+    /// Writes the configs and starts the helpers the chosen variants need.
+    fn start(bin_dir: &Path, variants: &[&Variant]) -> Self {
+        let log_dir = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let config = log_dir.join("bench.toml");
+        std::fs::write(&config, BENCH_CONFIG).expect("bench config");
+        let redis = variants.iter().any(|v| v.redis).then(start_redis);
+        let upstream = variants
+            .iter()
+            .any(|v| v.server.uses_upstream())
+            .then(|| start_upstream(bin_dir));
+        let mut shared_env = vec![("PALISADE_CONFIG".to_owned(), config.display().to_string())];
+        if let Some((_, url)) = &redis {
+            shared_env.push(("PALISADE_REDIS__URL".to_owned(), url.clone()));
+        }
+        // Arrays of tables cannot come from env vars: the gateway reads a file of its own.
+        let gateway_config = log_dir.join("gateway.toml");
+        if let Some((_, port)) = &upstream {
+            let upstreams =
+                format!("\n[[upstreams]]\nprefix = \"/\"\nurls = [\"http://127.0.0.1:{port}\"]\n");
+            std::fs::write(&gateway_config, format!("{BENCH_CONFIG}{upstreams}"))
+                .expect("gateway config");
+        }
+        // Under the target directory (next to `release/`), kept for inspection.
+        let nginx_dir = bin_dir
+            .parent()
+            .unwrap_or(bin_dir)
+            .join("palisade-bench-nginx");
+        Self {
+            bin_dir: bin_dir.to_owned(),
+            log_dir,
+            nginx_dir,
+            shared_env,
+            gateway_config,
+            upstream,
+            redis,
+            clk_tck: clock_ticks(),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = std::fs::remove_dir_all(&self.log_dir);
+        for (child, _) in self.redis.iter_mut() {
+            stop(child);
+        }
+        for (child, _) in self.upstream.iter_mut() {
+            stop(child);
+        }
+    }
+
+    fn run_one(&self, v: &Variant, opts: &Options) -> Sample {
+        let log_file = self.log_dir.join(format!("{}.log", v.name));
+        let _ = std::fs::remove_file(&log_file);
+        let (mut child, port) = match v.server {
+            Server::Upstream => {
+                let (_, port) = self.upstream.as_ref().expect("upstream started");
+                (None, *port)
+            }
+            Server::Own(bin) => {
+                let port = free_port();
+                (
+                    Some(self.start_palisade(bin, v, port, &log_file, None)),
+                    port,
+                )
+            }
+            Server::Gateway => {
+                let port = free_port();
+                let config = Some(self.gateway_config.as_path());
+                (
+                    Some(self.start_palisade("palisade", v, port, &log_file, config)),
+                    port,
+                )
+            }
+            Server::Nginx => {
+                let port = free_port();
+                (Some(self.start_nginx(port, &log_file)), port)
+            }
+        };
+        let pid = match (&child, &self.upstream) {
+            (Some(c), _) => c.id(),
+            (None, Some((upstream, _))) => upstream.id(),
+            (None, None) => unreachable!("a variant without a server of its own uses the upstream"),
+        };
+        if let Some(c) = &mut child {
+            wait_listening(port, c);
+        }
+        let url = format!("http://127.0.0.1:{port}{BENCH_PATH}");
+        // Warm up: connections, allocator, caches.
+        let _ = wrk(&url, opts.connections, 1);
+        let before = proc_cpu(pid);
+        let out = wrk(&url, opts.connections, opts.duration);
+        let after = proc_cpu(pid);
+        if let Some(c) = &mut child {
+            stop(c);
+        }
+        let requests = parse_requests(&out);
+        let per_req = |ticks: f64| {
+            if requests == 0 {
+                0.0
+            } else {
+                ticks / self.clk_tck * 1e6 / requests as f64
+            }
+        };
+        Sample {
+            rps: parse_field(&out, "Requests/sec:").unwrap_or(0.0),
+            p50_us: parse_latency(&out, "50%").unwrap_or(0.0),
+            p99_us: parse_latency(&out, "99%").unwrap_or(0.0),
+            cpu_us: per_req((after.0 + after.1 - before.0 - before.1) as f64),
+            user_us: per_req((after.0 - before.0) as f64),
+            requests,
+            non_2xx: parse_field(&out, "Non-2xx or 3xx responses:").unwrap_or(0.0) as u64,
+        }
+    }
+
+    /// A palisade server (`bench-palisade`, or the `palisade` binary with `config`) on core 0.
+    fn start_palisade(
+        &self,
+        bin: &str,
+        v: &Variant,
+        port: u16,
+        log_file: &Path,
+        config: Option<&Path>,
+    ) -> Child {
+        let mut cmd = pinned(0, self.bin_dir.join(bin));
+        cmd.env("BENCH_PORT", port.to_string())
+            .env("PALISADE_SERVER__PORT", port.to_string())
+            .env("PALISADE_LOG__FORMAT", "json")
+            .env("PALISADE_LOG__OUTPUT", log_file)
+            .envs(self.shared_env.iter().map(|(k, v)| (k, v)))
+            .envs(config.map(|c| ("PALISADE_CONFIG", c)))
+            .envs(v.env.iter().copied());
+        spawn(cmd, bin)
+    }
+
+    /// nginx in the foreground on core 0, its config generated for this run's ports.
+    fn start_nginx(&self, port: u16, log_file: &Path) -> Child {
+        let (_, upstream) = self.upstream.as_ref().expect("upstream started");
+        let dir = &self.nginx_dir;
+        std::fs::create_dir_all(dir.join("tmp")).expect("nginx prefix dir");
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir, port, *upstream, log_file)).expect("nginx.conf");
+        let mut cmd = pinned(0, nginx_binary());
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .args(["-g", "daemon off;"]);
+        spawn(cmd, "nginx (bench/run installs it)")
+    }
+}
+
+/// The nginx side of the comparison: one worker (the proxy gets one core, as palisade does),
+/// keep-alive to the upstream, the forwarding headers palisade sets, and an access log to a
+/// file, buffered as palisade's is (palisade's writer flushes every 50 ms).
+fn nginx_conf(dir: &Path, port: u16, upstream: u16, log_file: &Path) -> String {
+    let tmp = dir.join("tmp");
+    let tmp = tmp.display();
+    format!(
+        r#"worker_processes 1;
+pid {pid};
+events {{ worker_connections 4096; }}
+http {{
+    log_format json escape=json '{{"time":"$time_iso8601","method":"$request_method","path":"$request_uri","status":$status,"bytes":$body_bytes_sent,"duration":$request_time,"request_id":"$request_id","client_ip":"$remote_addr"}}';
+    access_log {log} json buffer=64k flush=1s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream u {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://u;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $proxy_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-ID $request_id;
+        }}
+    }}
+}}
+"#,
+        pid = dir.join("nginx.pid").display(),
+        log = log_file.display(),
+    )
+}
+
+/// `/usr/sbin` is not on every user's `PATH`.
+fn nginx_binary() -> PathBuf {
+    let sbin = Path::new("/usr/sbin/nginx");
+    if sbin.exists() {
+        sbin.to_owned()
+    } else {
+        PathBuf::from("nginx")
+    }
+}
+
+/// `program` under `taskset -c <core>`, its stdout discarded and stderr shown.
+fn pinned(core: u8, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(core.to_string())
+        .arg(program)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+fn spawn(mut cmd: Command, what: &str) -> Child {
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what} (is taskset installed?): {e}"))
+}
+
 /// A throwaway `redis-server` on a free port, on the load generator's core.
 fn start_redis() -> (Child, String) {
     let port = free_port();
-    let mut child = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "redis-server",
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start redis-server (bench/run installs it): {e}"));
+    let mut cmd = pinned(1, "redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"]);
+    let mut child = spawn(cmd, "redis-server (bench/run installs it)");
     wait_listening(port, &mut child);
     (child, format!("redis://127.0.0.1:{port}"))
 }
 
-fn run_one(
-    v: &Variant,
-    bin_dir: &Path,
-    log_dir: &Path,
-    shared_env: &[(String, String)],
-    opts: &Options,
-    clk_tck: f64,
-) -> Sample {
+/// The proxies' upstream: `bench-bare` on a free port, on the load generator's core, so the
+/// proxy under test has core 0 to itself.
+fn start_upstream(bin_dir: &Path) -> (Child, u16) {
     let port = free_port();
-    let log_file = log_dir.join(format!("{}.log", v.name));
-    let _ = std::fs::remove_file(&log_file);
-    let mut cmd = Command::new("taskset");
-    cmd.arg("-c").arg("0").arg(bin_dir.join(v.bin));
-    cmd.env("BENCH_PORT", port.to_string())
-        .env("PALISADE_SERVER__PORT", port.to_string())
-        .env("PALISADE_LOG__FORMAT", "json")
-        .env("PALISADE_LOG__OUTPUT", &log_file)
-        .envs(shared_env.iter().map(|(k, v)| (k, v)))
-        .envs(v.env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {} (is taskset installed?): {e}", v.bin));
+    let mut cmd = pinned(1, bin_dir.join("bench-bare"));
+    cmd.env("BENCH_PORT", port.to_string());
+    let mut child = spawn(cmd, "bench-bare");
     wait_listening(port, &mut child);
-    let url = format!("http://127.0.0.1:{port}/bench");
-    // Warm up: connections, allocator, caches.
-    let _ = wrk(&url, opts.connections, 1);
-    let before = proc_cpu(child.id());
-    let out = wrk(&url, opts.connections, opts.duration);
-    let after = proc_cpu(child.id());
-    stop(&mut child);
-    let requests = parse_requests(&out);
-    let per_req = |ticks: f64| {
-        if requests == 0 {
-            0.0
-        } else {
-            ticks / clk_tck * 1e6 / requests as f64
-        }
-    };
-    Sample {
-        rps: parse_field(&out, "Requests/sec:").unwrap_or(0.0),
-        p50_us: parse_latency(&out, "50%").unwrap_or(0.0),
-        p99_us: parse_latency(&out, "99%").unwrap_or(0.0),
-        cpu_us: per_req((after.0 + after.1 - before.0 - before.1) as f64),
-        user_us: per_req((after.0 - before.0) as f64),
-        requests,
-    }
+    (child, port)
 }
 
 fn free_port() -> u16 {
@@ -394,25 +671,53 @@ fn stop(child: &mut Child) {
 }
 
 fn wrk(url: &str, connections: u32, secs: u64) -> String {
-    let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "--latency"])
+    let out = pinned(1, "wrk")
+        .args(["-t1", "--latency"])
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))
         .arg(url)
+        .stdout(Stdio::piped())
         .output()
         .expect("wrk runs (bench/run installs it)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// (utime, stime) in clock ticks for the whole process (all threads).
+/// (utime, stime) in clock ticks for the whole process (all threads) and its descendants
+/// (nginx's worker under its master).
 fn proc_cpu(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let mut total = (0, 0);
+    let mut todo = vec![pid];
+    let stats: Vec<(u32, u32, (u64, u64))> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|p| {
+            let (ppid, cpu) = proc_stat(p)?;
+            Some((p, ppid, cpu))
+        })
+        .collect();
+    while let Some(p) = todo.pop() {
+        for (child, ppid, cpu) in &stats {
+            if *child == p {
+                total = (total.0 + cpu.0, total.1 + cpu.1);
+            }
+            if *ppid == p {
+                todo.push(*child);
+            }
+        }
+    }
+    total
+}
+
+/// (ppid, (utime, stime)) of one process.
+fn proc_stat(pid: u32) -> Option<(u32, (u64, u64))> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the `(comm)`, which may contain spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime field 15.
-    let get = |i: usize| f.get(i - 3).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (get(14), get(15))
+    // rest[0] is field 3 (state); ppid is field 4, utime field 14, stime field 15.
+    let get = |i: usize| f.get(i - 3).and_then(|s| s.parse::<u64>().ok());
+    Some((u32::try_from(get(4)?).ok()?, (get(14)?, get(15)?)))
 }
 
 fn clock_ticks() -> f64 {
@@ -465,6 +770,7 @@ fn median(samples: &[Sample]) -> Sample {
         cpu_us: pick(|s| s.cpu_us),
         user_us: pick(|s| s.user_us),
         requests: samples.iter().map(|s| s.requests).min().unwrap_or(0),
+        non_2xx: samples.iter().map(|s| s.non_2xx).max().unwrap_or(0),
     }
 }
 
@@ -473,7 +779,7 @@ fn render(variants: &[&Variant], m: &BTreeMap<&str, Sample>, opts: &Options) -> 
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Machine: {}; {} cores; {} rounds x {} s; {} connections; server pinned to core 0, wrk (1 thread) to core 1; medians.\n",
+        "Machine: {}; {} cores; {} rounds x {} s; {} connections; server (or proxy) pinned to core 0, wrk (1 thread) to core 1 with the proxies' upstream and Redis; medians.\n",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         opts.rounds,
@@ -500,6 +806,36 @@ fn render(variants: &[&Variant], m: &BTreeMap<&str, Sample>, opts: &Options) -> 
             x.cpu_us,
             x.user_us,
             x.cpu_us - bare.cpu_us
+        );
+    }
+    if let Some(nginx) = m.get("nginx") {
+        let _ = writeln!(
+            s,
+            "\nGateway vs nginx (the proxy on core 0; the upstream and wrk share core 1):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| variant | req/s | × nginx | p50 µs | p99 µs | p99 × nginx | proxy CPU µs/req | × nginx |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for v in variants.iter().filter(|v| v.server.uses_upstream()) {
+            let x = m[v.name];
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                v.name,
+                x.rps,
+                ratio(x.rps, nginx.rps),
+                x.p50_us,
+                x.p99_us,
+                ratio(x.p99_us, nginx.p99_us),
+                x.cpu_us,
+                ratio(x.cpu_us, nginx.cpu_us),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n(For `upstream` the CPU column is the upstream's own, with no proxy in the path.)"
         );
     }
     if let Some(full) = m.get("full") {
