@@ -3,13 +3,12 @@
 
 mod health;
 
-use axum::{Router, extract::Request, response::IntoResponse, routing::MethodRouter, routing::get};
+use axum::{Router, response::IntoResponse, routing::MethodRouter, routing::get};
 use palisade::{
     health::Health,
     metrics::Metrics,
     proxy::{Gateway, UpstreamConfig},
 };
-use tower::Service;
 
 use crate::error::ApiError;
 
@@ -99,17 +98,11 @@ pub fn router(
     }
     let router = router.route_layer(crate::middleware::RecordRouteLayer);
     match gateway {
-        // Routes of the application win; what they leave goes upstream when a prefix takes it.
-        Some(gateway) => router.fallback_service(tower::service_fn(move |req: Request| {
-            let mut gateway = gateway.clone();
-            async move {
-                if gateway.matches(&req) {
-                    gateway.call(req).await
-                } else {
-                    Ok(not_found().await.into_response())
-                }
-            }
-        })),
+        // Routes of the application win; what they leave goes upstream when a prefix takes
+        // it, else the same 404 as without a gateway.
+        Some(gateway) => {
+            router.fallback_service(gateway.with_not_found(|| ApiError::NotFound.into_response()))
+        }
         None => router.fallback(not_found),
     }
 }

@@ -93,7 +93,14 @@ struct Inner {
 /// Forwards requests to upstream HTTP services by path prefix. See the
 /// [module docs](super).
 #[derive(Clone)]
-pub struct Gateway(Arc<Inner>);
+pub struct Gateway(Arc<Inner>, fn() -> Response<Body>);
+
+/// The answer for a request no prefix takes, unless [`Gateway::with_not_found`] says.
+fn default_not_found() -> Response<Body> {
+    Problem::new(StatusCode::NOT_FOUND)
+        .with_detail("No upstream serves this path.")
+        .into_response()
+}
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,10 +154,21 @@ impl Gateway {
         }
         // Longest prefix first; `sort_by` is stable, so equal prefixes keep their order.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Ok(Self(Arc::new(Inner {
-            routes: routes.into(),
-            trusted: TrustedProxies::new(client_ip),
-        })))
+        Ok(Self(
+            Arc::new(Inner {
+                routes: routes.into(),
+                trusted: TrustedProxies::new(client_ip),
+            }),
+            default_not_found,
+        ))
+    }
+
+    /// Answers requests no prefix takes with `not_found` (an application's own 404), so the
+    /// gateway can be a router's whole fallback.
+    #[must_use]
+    pub fn with_not_found(mut self, not_found: fn() -> Response<Body>) -> Self {
+        self.1 = not_found;
+        self
     }
 
     /// Whether some upstream takes this request.
@@ -231,9 +249,7 @@ enum Failure {
 impl Gateway {
     async fn forward(&self, mut req: Request<Body>) -> Response<Body> {
         let Some(route) = self.route(&req) else {
-            return Problem::new(StatusCode::NOT_FOUND)
-                .with_detail("No upstream serves this path.")
-                .into_response();
+            return (self.1)();
         };
         let ctx = req.extensions().get::<RequestContext>().cloned();
         if let Some(ctx) = &ctx {
@@ -255,7 +271,13 @@ impl Gateway {
         let upstream = Arc::clone(&route.upstream);
 
         // The request as the upstream gets it, but for the URL-specific parts.
-        let client_host = request_host(&req).map(str::to_owned);
+        let client_host: Option<HeaderValue> = match req.headers().get(HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
         let rest = if route.strip_prefix {
             strip(&route.prefix, req.uri().path()).unwrap_or("")
         } else {
@@ -274,7 +296,7 @@ impl Gateway {
             } else {
                 "http"
             },
-            host: client_host.as_deref(),
+            host: client_host.as_ref(),
         };
         let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -335,11 +357,8 @@ impl Gateway {
                     r.headers_mut().insert(HOST, backend.authority.clone());
                 }
                 HostHeader::Preserve => {
-                    if let Some(v) = client_host
-                        .as_deref()
-                        .and_then(|h| HeaderValue::from_str(h).ok())
-                    {
-                        r.headers_mut().insert(HOST, v);
+                    if let Some(v) = &client_host {
+                        r.headers_mut().insert(HOST, v.clone());
                     }
                 }
             }

@@ -18,8 +18,12 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes the hop-by-hop fields: the fixed list and every field `Connection` names. What
-/// a WebSocket upgrade needs is put back by the caller.
+/// a WebSocket upgrade needs is put back by the caller. Most messages carry none: one pass
+/// over the names finds that without hashing.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Names listed in Connection first (they may be any field).
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -33,19 +37,25 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 /// What the gateway knows of the hop it received the request on.
@@ -58,92 +68,139 @@ pub(crate) struct Hop<'a> {
     pub(crate) trusted: bool,
     /// `https` or `http`, as this hop was.
     pub(crate) proto: &'static str,
-    /// The host the client asked for.
-    pub(crate) host: Option<&'a str>,
+    /// The host the client asked for (its `Host` value, or the URI authority).
+    pub(crate) host: Option<&'a HeaderValue>,
 }
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` for the
-/// upstream: from a trusted peer its chain plus the peer, else the peer alone.
+/// upstream: from a trusted peer its chain plus the peer, else the peer alone. On the hot
+/// path of every proxied request: the address is written without `core::fmt` and the
+/// client's host value is shared, not copied.
 pub(crate) fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    if !hop.trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(FORWARDED);
-    }
-    if let Some(peer) = hop.peer {
-        let ip = canonical(peer);
-        let xff = append_list(headers, &X_FORWARDED_FOR, &ip.to_string());
-        set(headers, X_FORWARDED_FOR.clone(), &xff);
-        let mut element = match ip {
-            IpAddr::V4(v4) => format!("for={v4}"),
-            IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-        };
-        if let Some(host) = hop.host.filter(|h| is_visible_ascii(h)) {
-            element.push_str(";host=");
-            quoted(&mut element, host);
+    let proto = HeaderValue::from_static(hop.proto);
+    let host = hop.host.filter(|h| is_visible_ascii(h.as_bytes()));
+    if hop.trusted {
+        if let Some(peer) = hop.peer {
+            let mut ip = Vec::with_capacity(48);
+            push_ip(&mut ip, canonical(peer), false);
+            append(headers, &X_FORWARDED_FOR, &ip);
+            let element = forwarded_element(peer, host, hop.proto);
+            append(headers, &FORWARDED, &element);
         }
-        element.push_str(";proto=");
-        element.push_str(hop.proto);
-        let forwarded = append_list(headers, &FORWARDED, &element);
-        set(headers, FORWARDED, &forwarded);
+        headers.entry(&X_FORWARDED_PROTO).or_insert(proto);
+        if let Some(h) = host {
+            headers
+                .entry(&X_FORWARDED_HOST)
+                .or_insert_with(|| h.clone());
+        }
+        return;
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(hop.proto),
-        );
+    match hop.peer {
+        Some(peer) => {
+            let mut ip = Vec::with_capacity(48);
+            push_ip(&mut ip, canonical(peer), false);
+            set(headers, X_FORWARDED_FOR.clone(), ip);
+            set(headers, FORWARDED, forwarded_element(peer, host, hop.proto));
+        }
+        None => {
+            headers.remove(&X_FORWARDED_FOR);
+            headers.remove(FORWARDED);
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(v) = hop.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
 }
 
-/// The existing values of `name` (every line, comma-joined) followed by `item`.
-fn append_list(headers: &HeaderMap, name: &HeaderName, item: &str) -> String {
-    let mut out = String::new();
-    for v in headers.get_all(name) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                out.push_str(s);
-                out.push_str(", ");
-            }
-        }
+/// `for=<peer>[;host=<host>];proto=<proto>` (RFC 7239).
+fn forwarded_element(peer: IpAddr, host: Option<&HeaderValue>, proto: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"for=");
+    push_ip(&mut out, canonical(peer), true);
+    if let Some(h) = host {
+        out.extend_from_slice(b";host=");
+        quoted(&mut out, h.as_bytes());
     }
-    out.push_str(item);
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
     out
 }
 
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+/// Appends `item` to the comma-separated list `name` (every existing line joined).
+fn append(headers: &mut HeaderMap, name: &HeaderName, item: &[u8]) {
+    let mut out = Vec::with_capacity(64 + item.len());
+    for v in headers.get_all(name) {
+        let s = v.as_bytes().trim_ascii();
+        if !s.is_empty() {
+            out.extend_from_slice(s);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(item);
+    set(headers, name.clone(), out);
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
     // Built from visible ASCII and values that were valid header values already.
-    if let Ok(v) = HeaderValue::from_str(value) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(name, v);
     }
 }
 
-fn is_visible_ascii(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+/// Writes `ip` in its usual text form; IPv6 in brackets and quotes when `forwarded`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr, forwarded: bool) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = if forwarded {
+                write!(out, "\"[{v6}]\"")
+            } else {
+                write!(out, "{v6}")
+            };
+        }
+    }
+}
+
+fn is_visible_ascii(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_graphic)
 }
 
 /// RFC 7239 value: a token as is, anything else (`:` of a port) as a quoted string.
-fn quoted(out: &mut String, value: &str) {
+fn quoted(out: &mut Vec<u8>, value: &[u8]) {
     let token = value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
     if token {
-        out.push_str(value);
+        out.extend_from_slice(value);
     } else {
-        out.push('"');
-        for c in value.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
+        out.push(b'"');
+        for &c in value {
+            if c == b'"' || c == b'\\' {
+                out.push(b'\\');
             }
             out.push(c);
         }
-        out.push('"');
+        out.push(b'"');
     }
 }
 
@@ -204,7 +261,7 @@ mod tests {
             peer: Some("203.0.113.9".parse().unwrap()),
             trusted: false,
             proto: "http",
-            host: Some("api.example:8080"),
+            host: Some(&HeaderValue::from_static("api.example:8080")),
         };
         set_forwarding(&mut h, &hop);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
@@ -229,7 +286,7 @@ mod tests {
             peer: Some("::ffff:10.0.0.5".parse().unwrap()),
             trusted: true,
             proto: "http",
-            host: Some("internal"),
+            host: Some(&HeaderValue::from_static("internal")),
         };
         set_forwarding(&mut h, &hop);
         assert_eq!(
@@ -242,6 +299,16 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in ["0.0.0.0", "255.10.1.100", "9.99.100.199", "2001:db8::1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip, false);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]
