@@ -232,7 +232,7 @@ where
 }
 
 /// The one `Content-Length`, `None` without one; `Err` when malformed or contradictory.
-fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A list (`5, 5`) is allowed by RFC 9110 if all members agree.

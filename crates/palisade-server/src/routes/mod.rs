@@ -72,9 +72,8 @@ pub fn templates(
         .chain(metrics_path.map(str::to_owned))
         .map(|t| (t.clone(), t));
     let proxied = upstreams.iter().flat_map(|u| {
-        let t = u.route_templates();
-        let label = t[t.len() - 1].clone();
-        t.into_iter().map(move |t| (t, label.clone()))
+        let label = u.route_label();
+        u.route_templates().map(|t| (t, label.clone()))
     });
     own.chain(proxied).collect()
 }

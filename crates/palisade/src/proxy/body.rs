@@ -14,6 +14,7 @@ use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use pin_project_lite::pin_project;
 
 use super::upstream::Upstream;
+use crate::body_end::see_frame;
 
 /// The connection a response arrived on, to give back when its body has ended.
 pub(crate) struct Lease {
@@ -61,21 +62,15 @@ impl HttpBody for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
+        match see_frame(&polled, this.inner.is_end_stream()).ended {
+            Some(true) => {
                 if let Some(l) = this.lease.take() {
                     l.release();
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
-                this.lease.take();
-            }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some(l) = this.lease.take() {
-                    l.release();
-                }
-            }
-            _ => {}
+            // Failed midway: the connection is closed, not pooled.
+            Some(false) => drop(this.lease.take()),
+            None => {}
         }
         polled
     }
@@ -176,11 +171,10 @@ impl HttpBody for SignalEnd {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
+        // Sent to the end, or failed (then hyper fails the request too).
+        let ended = see_frame(&polled, this.inner.is_end_stream())
+            .ended
+            .is_some();
         if ended {
             if let Some(d) = this.done.take() {
                 let _ = d.send(());

@@ -156,14 +156,19 @@ impl UpstreamConfig {
         }
     }
 
-    /// The route templates (for metric labels) the prefix covers, in axum's syntax.
-    pub fn route_templates(&self) -> Vec<String> {
+    /// The route templates (for metric labels) the prefix covers, in axum's syntax: the
+    /// prefix itself and [`route_label`](Self::route_label).
+    pub fn route_templates(&self) -> [String; 2] {
         let p = self.prefix.trim_end_matches('/');
-        if p.is_empty() {
-            vec!["/".to_owned(), "/{*path}".to_owned()]
-        } else {
-            vec![p.to_owned(), format!("{p}/{{*path}}")]
-        }
+        [
+            if p.is_empty() { "/" } else { p }.to_owned(),
+            self.route_label(),
+        ]
+    }
+
+    /// The one route label of the prefix's requests (`/orders/{*path}`), in logs and metrics.
+    pub fn route_label(&self) -> String {
+        format!("{}/{{*path}}", self.prefix.trim_end_matches('/'))
     }
 
     /// Checks what types cannot; errors name the key relative to the entry.

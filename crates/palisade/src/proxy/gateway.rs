@@ -137,7 +137,6 @@ impl Gateway {
             let upstream = Arc::new(Upstream::new(config).map_err(keyed)?);
             let methods = crate::path_pattern::parse_methods(&config.methods)
                 .map_err(|m| keyed(ConfigError::new("methods", m)))?;
-            let templates = config.route_templates();
             routes.push(Route {
                 prefix: config.prefix.trim_end_matches('/').into(),
                 methods,
@@ -148,7 +147,7 @@ impl Gateway {
                 strip_prefix: config.strip_prefix,
                 host_header: config.host_header.clone(),
                 websocket: config.websocket,
-                label: templates[templates.len() - 1].as_str().into(),
+                label: config.route_label().into(),
                 upstream,
             });
         }
@@ -278,13 +277,13 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
+        // Shares the request's bytes: the path is re-read from it for each attempt.
+        let original = req.uri().clone();
         let rest = if route.strip_prefix {
-            strip(&route.prefix, req.uri().path()).unwrap_or("")
+            strip(&route.prefix, original.path()).unwrap_or("")
         } else {
-            req.uri().path()
+            original.path()
         };
-        let rest: Box<str> = rest.into();
-        let query: Option<Box<str>> = req.uri().query().map(Into::into);
         let conn = req.extensions().get::<ConnectionInfo>().copied();
         let hop = Hop {
             peer: conn
@@ -351,7 +350,13 @@ impl Gateway {
             }
             let backend = &upstream.backends[i];
             let mut r = req.take().expect("a request is kept for each attempt");
-            set_target(&mut r, &backend.base_path, &rest, query.as_deref());
+            match original.path_and_query() {
+                // The usual case: the target as received, its bytes shared.
+                Some(pq) if backend.base_path.is_empty() && !route.strip_prefix => {
+                    *r.uri_mut() = Uri::from(pq.clone());
+                }
+                _ => set_target(&mut r, &backend.base_path, rest, original.query()),
+            }
             match route.host_header {
                 HostHeader::Upstream => {
                     r.headers_mut().insert(HOST, backend.authority.clone());
@@ -523,31 +528,22 @@ fn set_target(req: &mut Request<Body>, base: &str, rest: &str, query: Option<&st
 /// `400` when the message framing is ambiguous: `Content-Length` with `Transfer-Encoding`,
 /// a `Transfer-Encoding` other than a final `chunked`, or disagreeing lengths.
 fn framing_problem(headers: &HeaderMap) -> Option<Response<Body>> {
-    let te: Vec<&HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
-    let cl: Vec<&HeaderValue> = headers.get_all(CONTENT_LENGTH).iter().collect();
-    let detail = if !te.is_empty() && !cl.is_empty() {
-        Some("Content-Length and Transfer-Encoding together are ambiguous.")
-    } else if !te.is_empty()
-        && !te
-            .last()
-            .and_then(|v| v.to_str().ok())
+    let te = headers.get_all(TRANSFER_ENCODING).iter().next_back();
+    let detail = if te.is_some() && headers.contains_key(CONTENT_LENGTH) {
+        "Content-Length and Transfer-Encoding together are ambiguous."
+    } else if te.is_some_and(|v| {
+        !v.to_str()
+            .ok()
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-    {
-        Some("Transfer-Encoding must end with chunked.")
-    } else if cl.len() > 1 && cl.windows(2).any(|w| w[0] != w[1]) {
-        Some("Conflicting Content-Length values.")
-    } else if cl.first().is_some_and(|v| {
-        v.to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .is_none()
     }) {
-        Some("Invalid Content-Length.")
+        "Transfer-Encoding must end with chunked."
+    } else if crate::body_limit::content_length(headers).is_err() {
+        "Invalid or conflicting Content-Length."
     } else {
-        None
+        return None;
     };
-    detail.map(framing_refused)
+    Some(framing_refused(detail))
 }
 
 fn framing_refused(detail: &'static str) -> Response<Body> {
