@@ -5,6 +5,7 @@
 //! A missing binary is a test failure whose message says how to install it (`scripts/test`
 //! installs everything the suite needs); tests never skip silently.
 
+pub mod jwt;
 pub mod mmdb;
 mod redis;
 mod relay;

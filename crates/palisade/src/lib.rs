@@ -54,6 +54,7 @@
 //! | [`metrics`] | Prometheus metrics by route template, rejections, process; `/metrics` | — |
 //! | [`response_time`] | `Server-Timing` / `X-Response-Time` header | — |
 //! | [`health`] | `/livez`, `/readyz` with parallel checks | — |
+//! | [`auth`] | JWT bearer tokens and hashed API keys, scopes per route (401/403) | `auth` |
 //! | [`rate_limit`] | GCRA / sliding-window quotas per client and route, IETF headers | `redis` for the shared store |
 //! | [`duration`] | `"30s"`-style durations in config structs | — |
 //! | [`idempotency`] | `Idempotency-Key`: run once, replay, across instances | `redis` for the shared store |
@@ -65,6 +66,8 @@
 //! | [`otel`] | OpenTelemetry server spans, W3C trace context, OTLP/HTTP export | `otel` |
 
 pub mod access_log;
+#[cfg(feature = "auth")]
+pub mod auth;
 mod body_end;
 pub mod body_limit;
 pub mod catch_panic;

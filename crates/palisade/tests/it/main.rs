@@ -1,5 +1,7 @@
 //! Integration tests for the palisade layers, driven through `tower::ServiceBuilder`.
 
+#[cfg(feature = "auth")]
+mod auth;
 mod body_limit;
 mod circuit_breaker;
 #[cfg(feature = "geoip")]
