@@ -3,7 +3,7 @@
 //! The line is a `tracing` event with target `palisade::access` at `INFO` and the fields
 //! `request_id`, `correlation_id`, `method`, `route` (the matched template, or `-`), `path` (no query string:
 //! queries often hold tokens), `status`, `duration_ms`, `request_bytes` (body bytes read, counted by the context layer),
-//! `response_bytes` (body bytes sent), `client_ip` and `completed` (`false` when the client went
+//! `response_bytes` (body bytes sent), `client_ip`, `subject` (the authenticated caller, when known) and `completed` (`false` when the client went
 //! away before the body was sent), plus `trace_id` and `span_id` of the request's server span
 //! when the `otel` feature's layer started one. Headers are never logged, so `Authorization`, `Cookie`,
 //! `Set-Cookie` and API keys cannot leak through it.

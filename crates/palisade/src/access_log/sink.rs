@@ -74,6 +74,7 @@ fn emit_event(l: &Line<'_>) {
         request_bytes = ctx.request_body_bytes(),
         response_bytes = l.response_bytes,
         client_ip = ctx.client_ip().map(tracing::field::display),
+        subject = ctx.subject(),
         completed = l.completed,
         trace_id = ids.map(|(t, _)| tracing::field::display(t)),
         span_id = ids.map(|(_, s)| tracing::field::display(s)),
@@ -116,6 +117,11 @@ fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
     );
     if let Some(ip) = ctx.client_ip() {
         let _ = write!(out, ",\"client_ip\":\"{ip}\"");
+    }
+    if let Some(subject) = ctx.subject() {
+        out.extend_from_slice(b",\"subject\":\"");
+        escape_json_into(out, subject);
+        out.push(b'"');
     }
     out.extend_from_slice(if l.completed {
         b",\"completed\":true"
@@ -167,8 +173,30 @@ mod tests {
         assert_eq!(v["completed"], false);
         assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
         assert!(v.get("client_ip").is_none());
+        assert!(v.get("subject").is_none());
         assert!(v.get("trace_id").is_none());
         assert!(!String::from_utf8(out).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn the_json_line_carries_the_authenticated_subject_escaped() {
+        let ctx = RequestContext::new(RequestId::parse("r-3").unwrap(), None);
+        ctx.set_subject("al\"ice");
+        let uri: Uri = "/".parse().unwrap();
+        let mut out = Vec::new();
+        format_json(
+            &mut out,
+            &Line {
+                ctx: &ctx,
+                method: &Method::GET,
+                uri: &uri,
+                status: StatusCode::OK,
+                response_bytes: 0,
+                completed: true,
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["subject"], "al\"ice");
     }
 
     #[cfg(feature = "otel")]

@@ -2,7 +2,7 @@
 //!
 //! [`ContextFormat`] writes JSON lines (one object per event) or human console lines. Every
 //! event logged while a request is served carries `request_id` and `correlation_id` as
-//! top-level members, and `client_ip` when known, read from the [current
+//! top-level members, and `client_ip` and `subject` (the authenticated caller) when known, read from the [current
 //! context](crate::context::current) — no span is needed per request, which is where most of
 //! a typical `TraceLayer` setup's cost goes. An event that records its own `request_id` (the
 //! access log, written after the request's task is gone) keeps it.
@@ -97,6 +97,10 @@ where
                     write!(w, ",\"correlation_id\":\"{}\"", c.correlation_id())?;
                     if let Some(ip) = c.client_ip() {
                         write!(w, ",\"client_ip\":\"{ip}\"")?;
+                    }
+                    if let Some(subject) = c.subject() {
+                        w.write_str(",\"subject\":")?;
+                        write_json_str(&mut w, subject)?;
                     }
                     Ok(())
                 })
