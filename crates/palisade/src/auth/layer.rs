@@ -21,6 +21,7 @@ use super::{
 use crate::{
     context::RequestContext,
     error::ConfigError,
+    exempt::ExemptPaths,
     future::RejectOr,
     macros::define_inner_service_accessors,
     path_pattern::{RouteMatch, RouteRules},
@@ -55,6 +56,8 @@ struct Authenticator {
 #[must_use]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    /// Paths served without looking at credentials (health probes).
+    exempt: ExemptPaths,
 }
 
 impl AuthLayer {
@@ -152,7 +155,14 @@ impl AuthLayer {
                 realm: realm.into(),
                 challenges: challenges.into(),
             }),
+            exempt: ExemptPaths::health(),
         })
+    }
+
+    /// Paths served without looking at credentials. Default: the health paths.
+    pub fn exempt(mut self, paths: ExemptPaths) -> Self {
+        self.exempt = paths;
+        self
     }
 
     /// Fetches the JWKS now, if one is configured: call it at startup so the first requests
@@ -171,6 +181,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             auth: self.auth.clone(),
+            exempt: self.exempt.clone(),
         }
     }
 }
@@ -180,6 +191,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    exempt: ExemptPaths,
 }
 
 impl<S> Auth<S> {
@@ -390,6 +402,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.exempt.contains(req.uri().path()) {
+            return ResponseFuture {
+                kind: Kind::Now {
+                    future: RejectOr::inner(self.inner.call(req)),
+                },
+            };
+        }
         let decision = self
             .auth
             .decide(req.method(), req.uri().path(), req.headers());

@@ -243,6 +243,9 @@ async fn routes_say_who_may_call_them() {
     let res = call(&svc, "GET", "/public", &[]).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(text(res).await, "- |-|-");
+    // Health probes are exempt, bad credentials and all.
+    let res = call(&svc, "GET", "/livez", &[("authorization", "Bearer junk")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
     // Default access is "authenticated": a 401 with the challenge.
     let res = call(&svc, "GET", "/anything", &[]).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
