@@ -20,9 +20,11 @@
 
 pub mod config;
 pub mod error;
+pub mod jwks;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
 mod serve;
 pub mod startup;
 pub mod telemetry;
+pub mod tokens;

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use palisade_server::{config, startup::Application, telemetry};
+use palisade_server::{config, startup::Application, telemetry, tokens};
 
 /// Palisade: a production API server and gateway.
 #[derive(Parser)]
@@ -28,6 +28,47 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Development tokens signed as `[auth.jwt]` expects.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// API keys for `[[auth.api_keys.keys]]`.
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print a signed JWT for a subject and scopes.
+    Issue {
+        /// The subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// A scope to grant; repeat for more.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. `1h`, `15m`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// The rate-limit tier claim.
+        #[arg(long)]
+        tier: Option<String>,
+        /// The key id (`kid`) header, for a JWKS.
+        #[arg(long)]
+        kid: Option<String>,
+        /// PEM private key file, for RS*/PS*/ES*/EdDSA.
+        #[arg(long, value_name = "PEM")]
+        private_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyAction {
+    /// Print a new random API key and the hash to configure for it.
+    New,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +108,58 @@ fn main() -> ExitCode {
             print!("{}", loaded.explain());
             ExitCode::SUCCESS
         }
+        Command::Token {
+            action:
+                TokenAction::Issue {
+                    sub,
+                    scopes,
+                    ttl,
+                    tier,
+                    kid,
+                    private_key,
+                },
+        } => {
+            let private_key_pem = match private_key.map(std::fs::read).transpose() {
+                Ok(pem) => pem,
+                Err(e) => {
+                    eprintln!("palisade: cannot read the private key: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let req = tokens::TokenRequest {
+                subject: sub,
+                scopes,
+                ttl,
+                tier,
+                key_id: kid,
+                private_key_pem,
+            };
+            match tokens::issue(&loaded.settings, &req) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("palisade: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Apikey {
+            action: ApikeyAction::New,
+        } => match tokens::new_api_key() {
+            Ok((key, hash)) => {
+                println!("key:  {key}");
+                println!("hash: {hash}");
+                println!("Give the key to the client; configure only the hash:");
+                println!("[[auth.api_keys.keys]]\nid = \"<name>\"\nhash = \"{hash}\"");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("palisade: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => serve(&loaded.settings),
     }
 }

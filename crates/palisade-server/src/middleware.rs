@@ -17,6 +17,7 @@ use axum::{Router, extract::MatchedPath};
 use http::{Request, Response};
 use palisade::{
     access_log::{AccessLogBody, AccessLogLayer},
+    auth::AuthLayer,
     body_limit::BodyLimitLayer,
     catch_panic::CatchPanicLayer,
     circuit_breaker::{CircuitBreaker, CircuitBreakerLayer},
@@ -140,6 +141,7 @@ where
     if let (Some(m), Some(l)) = (metrics, &load_shed) {
         crate::metrics::load_shed(m, l);
     }
+    let auth = auth(settings, exempt).map_err(|e| config_err("auth", e))?;
     let timeouts = settings.timeout.enabled;
     let timeout = timeouts
         .then(|| TimeoutLayer::new(&settings.timeout))
@@ -202,30 +204,57 @@ where
         // 12. Load shedding: the concurrency limit and its queue, before any work that costs
         //    (a Redis round trip for the rate limit, the handler); health paths exempt.
         .layer(option_layer(load_shed))
-        // 13. Rate limit: after everything that rejects for free, before any work it protects;
+        // 13. Auth: credentials checked and the subject recorded before the rate limit and
+        //     idempotency key on it; inside load shedding, since a JWKS fetch may wait. Its
+        //     401/403s pass through the access log, CORS and security headers above.
+        .layer(option_layer(auth))
+        // 14. Rate limit: after everything that rejects for free, before any work it protects;
         //    its 429s pass through the access log, CORS and security headers above.
         .layer(option_layer(rate_limit))
-        // 14. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
+        // 15. Request-body idle timeout: a stalled upload gets 408 and the connection closes,
         //     whatever reads the body below.
         .layer(option_layer(body_timeout))
-        // 15. Body limit: before anything reads the body (idempotency, the handler); counts
+        // 16. Body limit: before anything reads the body (idempotency, the handler); counts
         //     the bytes that arrive, so chunked bodies are limited too.
         .layer(body_limit)
-        // 16. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
+        // 17. Circuit breaker for `[circuit_breaker]`'s routes: outside the timeout, so a 504
         //     counts as a failure; while open, answers 503 before any work.
         .layer(option_layer(breaker))
-        // 17. Request timeout: around idempotency and the handler, so a request that runs
+        // 18. Request timeout: around idempotency and the handler, so a request that runs
         //     too long is dropped (its key released) and answered 504.
         .layer(option_layer(timeout))
-        // 18. Idempotency: after everything that rejects (a refused request never reserves a
-        //     key), around the handler so a replay never runs it. Auth must run before it
-        //     (and before the rate limit) once it lands, so the subject scopes the entries
-        //     (issue 9).
+        // 19. Idempotency: after everything that rejects (a refused request never reserves a
+        //     key), around the handler so a replay never runs it; scoped by the subject auth
+        //     recorded.
         .layer(option_layer(idempotency))
         //
-        // 19. Innermost. Panics become 500 problems, logged with the request id.
+        // 20. Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
+}
+
+/// The auth layer from `[auth]`, or `None` when disabled or when no credentials are
+/// configured (then every route is public). A JWKS is fetched at once, in the background.
+fn auth(
+    settings: &Settings,
+    exempt: &ExemptPaths,
+) -> Result<Option<AuthLayer>, palisade::error::ConfigError> {
+    let config = &settings.auth;
+    let configured = config.jwt.is_some() || !config.api_keys.keys.is_empty();
+    if !config.enabled || (!configured && config.routes.is_empty()) {
+        return Ok(None);
+    }
+    let fetch = match config.jwt.as_ref().map(|j| j.jwks_url.trim()) {
+        Some(url) if !url.is_empty() => Some(
+            crate::jwks::fetcher(url)
+                .map_err(|m| palisade::error::ConfigError::new("jwt.jwks_url", m))?,
+        ),
+        _ => None,
+    };
+    let layer = AuthLayer::new(config, fetch)?.exempt(exempt.clone());
+    let prefetch = layer.clone();
+    tokio::spawn(async move { prefetch.prefetch_keys().await });
+    Ok(Some(layer))
 }
 
 /// The connection shared by the Redis stores, when any store uses Redis. Startup logs

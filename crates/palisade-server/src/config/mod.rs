@@ -6,6 +6,7 @@
 //! tree (unknown keys are errors) and validates it once. Every key is documented in
 //! `docs/configuration.md`.
 
+mod auth;
 mod health;
 mod load;
 mod log;
@@ -24,6 +25,7 @@ use palisade::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use auth::DEVELOPMENT_JWT_SECRET;
 pub use health::HealthSettings;
 pub use load::{
     CONFIG_VAR, ConfigError, DEFAULT_FILE, ENV_PREFIX, LoadOptions, Loaded, Source, load,
@@ -78,6 +80,8 @@ pub struct Settings {
     pub content_validation: ContentValidationConfig,
     /// `[load_shed]`.
     pub load_shed: LoadShedConfig,
+    /// `[auth]`: JWT bearer tokens, API keys, scopes per route.
+    pub auth: palisade::auth::AuthConfig,
     /// `[rate_limit]`.
     pub rate_limit: RateLimitConfig,
     /// `[body_limit]`.
@@ -131,6 +135,7 @@ impl Settings {
             geoip: GeoIpConfig::default(),
             content_validation: ContentValidationConfig::default(),
             load_shed: LoadShedConfig::default(),
+            auth: auth::defaults(env),
             rate_limit: RateLimitConfig::default(),
             body_limit: BodyLimitConfig::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
@@ -318,6 +323,7 @@ impl Settings {
             }
         }
         self.validate_upstreams()?;
+        self.validate_auth()?;
         if let Err(e) = self.metrics.validate() {
             return err(&format!("metrics.{}", e.key), e.message);
         }

@@ -2,15 +2,15 @@
 //! turned into route rules of the sections it names.
 
 use palisade::{
-    body_limit::BodyLimitRouteConfig, idempotency::IdempotencyRouteConfig, rate_limit::RouteConfig,
-    timeout::TimeoutRouteConfig,
+    auth::AuthRouteConfig, body_limit::BodyLimitRouteConfig, idempotency::IdempotencyRouteConfig,
+    rate_limit::RouteConfig, timeout::TimeoutRouteConfig,
 };
 
 use super::Settings;
 
 impl Settings {
     /// These settings with every `[upstreams.policy]` appended, for `<prefix>` and
-    /// `<prefix>/*` (and the upstream's methods), to the route rules of `[rate_limit]`,
+    /// `<prefix>/*` (and the upstream's methods), to the route rules of `[auth]`, `[rate_limit]`,
     /// `[idempotency]`, `[body_limit]` and `[timeout]`, after their own rules: a finer rule
     /// written in a section wins. A `host`-restricted upstream's policy covers its prefix on
     /// every host.
@@ -20,6 +20,14 @@ impl Settings {
             let p = &u.policy;
             for path in u.route_patterns() {
                 let methods = u.methods.clone();
+                if p.auth_required || !p.scopes.is_empty() {
+                    s.auth.routes.push(AuthRouteConfig {
+                        path: path.clone(),
+                        methods: methods.clone(),
+                        public: false,
+                        scopes: p.scopes.clone(),
+                    });
+                }
                 if let Some(policy) = &p.rate_limit {
                     s.rate_limit.routes.push(RouteConfig {
                         path: path.clone(),
@@ -87,6 +95,9 @@ impl Settings {
                     key("idempotency_required"),
                     "needs idempotency.enabled = true".into(),
                 ));
+            }
+            if (p.auth_required || !p.scopes.is_empty()) && !self.auth.enabled {
+                return Err((key("auth_required"), "needs auth.enabled = true".into()));
             }
             if p.timeout.is_some() && !self.timeout.enabled {
                 return Err((key("timeout"), "needs timeout.enabled = true".into()));

@@ -117,6 +117,41 @@ fn each_kind_of_invalid_value_is_one_line_naming_key_and_source() {
             &[("PALISADE_ENV", "production")],
             &["trusted_hosts.allowed_hosts", "production"],
         ),
+        (
+            &[
+                ("PALISADE_ENV", "production"),
+                ("PALISADE_TRUSTED_HOSTS__ALLOWED_HOSTS", "api.example.com"),
+                ("PALISADE_METRICS__ENABLED", "false"),
+                (
+                    "PALISADE_AUTH__JWT__SECRET",
+                    palisade_server::config::DEVELOPMENT_JWT_SECRET,
+                ),
+            ],
+            &["auth.jwt.secret", "production"],
+        ),
+        (
+            &[("PALISADE_AUTH__JWT__SECRET", "short")],
+            &["auth.jwt.secret", "32 bytes"],
+        ),
+        (
+            &[
+                ("PALISADE_AUTH__JWT__ALGORITHM", "RS256"),
+                ("PALISADE_AUTH__JWT__SECRET", ""),
+                ("PALISADE_AUTH__JWT__JWKS_URL", "http://issuer.example/jwks"),
+            ],
+            &["auth.jwt.jwks_url", "https"],
+        ),
+        (
+            &[("PALISADE_AUTH__JWT__ALGORITHM", "none")],
+            &["auth.jwt.algorithm"],
+        ),
+        (
+            &[(
+                "PALISADE_AUTH__API_KEYS__KEYS",
+                "[{ id = \"x\", hash = \"plain-key\" }]",
+            )],
+            &["auth.api_keys.keys[0].hash", "sha256"],
+        ),
     ];
     for (env, needles) in cases {
         assert_rejected(&dir, env, needles);

@@ -184,6 +184,60 @@ async fn rate_limits_and_body_limits_refuse_before_the_upstream_sees_anything() 
 }
 
 #[tokio::test]
+async fn auth_refuses_before_the_upstream_sees_anything() {
+    let up = Upstream::start().await;
+    let app = gateway(
+        &[up.url()],
+        "[upstreams.policy]\nscopes = [\"orders:write\"]\n",
+        "",
+    )
+    .await;
+    let secret = palisade_server::config::DEVELOPMENT_JWT_SECRET;
+    let bearer = |scope: &str| {
+        format!(
+            "Bearer {}",
+            palisade_testkit::jwt::hs256(secret, &palisade_testkit::jwt::claims("alice", scope))
+        )
+    };
+    let res = app.get("/svc/orders").await;
+    assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"api\"");
+    assert_problem(res, 401).await;
+    let tampered = palisade_testkit::jwt::tamper(&bearer("orders:write"));
+    let res = app
+        .client
+        .get(app.url("/svc/orders"))
+        .header("authorization", tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401).await;
+    let res = app
+        .client
+        .get(app.url("/svc/orders"))
+        .header("authorization", bearer("orders:read"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(res, 403).await;
+    assert_eq!(body["required_scopes"], serde_json::json!(["orders:write"]));
+    assert_eq!(
+        up.requests(),
+        0,
+        "refused requests never reach the upstream"
+    );
+
+    let res = app
+        .client
+        .get(app.url("/svc/orders"))
+        .header("authorization", bearer("orders:read orders:write"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
 async fn a_slow_upstream_is_a_504_within_the_response_timeout() {
     let up = Upstream::start().await;
     let app = gateway(&[up.url()], "response_timeout = \"300ms\"", "").await;

@@ -83,6 +83,17 @@ pub(crate) async fn wait_for_log(pred: impl Fn(&Value) -> bool) -> Vec<Value> {
 pub(crate) fn test_routes() -> AppRoutes {
     AppRoutes::new()
         .route("/whoami", get(whoami))
+        .route(
+            "/me",
+            get(|who: palisade::auth::Principal| async move {
+                Json(json!({
+                    "subject": who.subject(),
+                    "scopes": who.scopes().collect::<Vec<_>>(),
+                    "context_subject": palisade::context::current()
+                        .and_then(|c| c.subject().map(str::to_owned)),
+                }))
+            }),
+        )
         .route("/panic", get(|| async { panic_route() }))
         .route(
             "/slow",

@@ -1,5 +1,6 @@
 //! Integration tests: the real server (real config loader, port 0) over real HTTP.
 
+mod auth;
 mod body_limit;
 mod config;
 mod context;

@@ -96,8 +96,8 @@ pub struct UpstreamConfig {
 
 /// `[upstreams.policy]`: per-prefix settings for the other layers of the stack. The proxy
 /// itself ignores them; `palisade-server` turns each into a route rule of its section
-/// (`[[rate_limit.routes]]`, `[[idempotency.routes]]`, `[[body_limit.routes]]`,
-/// `[[timeout.routes]]`) for `<prefix>` and `<prefix>/*`, after that section's own rules, so
+/// (`[[auth.routes]]`, `[[rate_limit.routes]]`, `[[idempotency.routes]]`,
+/// `[[body_limit.routes]]`, `[[timeout.routes]]`) for `<prefix>` and `<prefix>/*`, after that section's own rules, so
 /// a finer rule written there wins.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +110,10 @@ pub struct RoutePolicy {
     pub body_limit: Option<u64>,
     /// The request timeout.
     pub timeout: Option<ConfigDuration>,
+    /// Only authenticated callers reach the upstream.
+    pub auth_required: bool,
+    /// Scopes a caller must hold, all of them (implies `auth_required`).
+    pub scopes: Vec<String>,
 }
 
 impl UpstreamConfig {
