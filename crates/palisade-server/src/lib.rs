@@ -19,10 +19,12 @@
 //! ```
 
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod jwks;
 pub mod metrics;
 pub mod middleware;
+pub mod resources;
 pub mod routes;
 mod serve;
 pub mod startup;

@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The SQL database (`[database]`).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// API keys for `[[auth.api_keys.keys]]`.
     Apikey {
         #[command(subcommand)]
@@ -63,6 +68,12 @@ enum TokenAction {
         #[arg(long, value_name = "PEM")]
         private_key: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Apply the embedded migrations not applied yet, then exit.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -160,8 +171,43 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Db {
+            action: DbAction::Migrate,
+        } => migrate(&loaded.settings),
         Command::Serve => serve(&loaded.settings),
     }
+}
+
+fn migrate(settings: &config::Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("palisade: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let db = match palisade_server::db::Database::connect(&settings.database).await {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("palisade: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match db.migrate().await {
+            Ok(n) => {
+                println!("{:?} database: {n} migration(s) applied", db.backend());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("palisade: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn serve(settings: &config::Settings) -> ExitCode {

@@ -32,6 +32,9 @@ pub enum StartupError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database could not be prepared (migrations at startup).
+    #[error(transparent)]
+    Database(#[from] crate::db::DatabaseError),
 }
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -53,8 +56,21 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Binds and assembles the server with Palisade's own routes only.
+    /// Binds and assembles the API server: the database (`[database]`; migrated at startup
+    /// unless switched off, and a readiness check) and the example resources under
+    /// `/api/v1`, inside the whole stack.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let db = crate::db::Database::open(&settings.database)?;
+        if settings.database.migrate_on_startup {
+            let ran = db.migrate().await?;
+            tracing::info!(backend = ?db.backend(), migrations = ran, "database ready");
+        }
+        let check = db.health_check();
+        Self::build_with(settings, crate::resources::routes(&db), vec![check]).await
+    }
+
+    /// Binds and assembles the server with Palisade's own routes only (no database).
+    pub async fn build_bare(settings: &Settings) -> Result<Self, StartupError> {
         Self::build_with_routes(settings, Router::new()).await
     }
 

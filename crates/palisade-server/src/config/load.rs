@@ -61,13 +61,20 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// The process's environment and working directory.
+    /// The process's environment and working directory. `DATABASE_URL`, the name every SQL
+    /// tool knows, stands for `PALISADE_DATABASE__URL` when that is not set.
     pub fn from_process(config_path: Option<PathBuf>) -> Self {
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !env.iter().any(|(k, _)| k == "PALISADE_DATABASE__URL")
+        {
+            env.push(("PALISADE_DATABASE__URL".to_owned(), url));
+        }
         Self {
             config_path,
-            env: std::env::vars()
-                .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-                .collect(),
+            env,
             dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             read_dotenv: true,
         }

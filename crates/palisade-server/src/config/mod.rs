@@ -7,6 +7,7 @@
 //! `docs/configuration.md`.
 
 mod auth;
+mod database;
 mod health;
 mod load;
 mod log;
@@ -26,6 +27,7 @@ use palisade::{
 use serde::{Deserialize, Serialize};
 
 pub use auth::DEVELOPMENT_JWT_SECRET;
+pub use database::{Backend, DatabaseSettings};
 pub use health::HealthSettings;
 pub use load::{
     CONFIG_VAR, ConfigError, DEFAULT_FILE, ENV_PREFIX, LoadOptions, Loaded, Source, load,
@@ -94,6 +96,8 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     /// `[redis]`.
     pub redis: RedisSettings,
+    /// `[database]`: the API server's SQL database.
+    pub database: DatabaseSettings,
     /// `[otel]`: OpenTelemetry tracing (the `otel` feature, on by default).
     #[cfg(feature = "otel")]
     pub otel: palisade::otel::OtelConfig,
@@ -142,6 +146,7 @@ impl Settings {
             timeout: TimeoutConfig::default(),
             idempotency: IdempotencyConfig::default(),
             redis: RedisSettings::default(),
+            database: DatabaseSettings::default(),
             #[cfg(feature = "otel")]
             otel: palisade::otel::OtelConfig::default(),
             upstreams: Vec::new(),
@@ -324,6 +329,7 @@ impl Settings {
         }
         self.validate_upstreams()?;
         self.validate_auth()?;
+        self.database.validate()?;
         if let Err(e) = self.metrics.validate() {
             return err(&format!("metrics.{}", e.key), e.message);
         }

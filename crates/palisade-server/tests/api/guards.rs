@@ -529,9 +529,9 @@ fn a_geoip_database_that_is_not_one_stops_startup_and_a_missing_one_is_a_warning
         .enable_all()
         .build()
         .unwrap();
-    let built = rt.block_on(palisade_server::startup::Application::build(&settings(
-        &garbage,
-    )));
+    let built = rt.block_on(palisade_server::startup::Application::build_bare(
+        &settings(&garbage),
+    ));
     let Err(err) = built else {
         panic!("startup accepted a file that is not a MaxMind DB");
     };
@@ -539,9 +539,9 @@ fn a_geoip_database_that_is_not_one_stops_startup_and_a_missing_one_is_a_warning
     std::fs::remove_file(&garbage).unwrap();
     let missing = std::env::temp_dir().join("palisade-no-such-db.mmdb");
     assert!(
-        rt.block_on(palisade_server::startup::Application::build(&settings(
-            &missing
-        )))
+        rt.block_on(palisade_server::startup::Application::build_bare(
+            &settings(&missing)
+        ))
         .is_ok()
     );
 }

@@ -297,6 +297,16 @@ pub(crate) async fn spawn_app_with_checks(
     spawn_loaded(&options(env), checks).await
 }
 
+/// Spawns the API server as `palisade` runs it (database, resources) with `toml`.
+pub(crate) async fn spawn_api(toml: &str, env: &[(&str, &str)]) -> TestApp {
+    init_logs();
+    let loaded = load(&options_with_file(toml, env)).expect("valid test config");
+    let app = Application::build(&loaded.settings)
+        .await
+        .expect("app builds");
+    run(app)
+}
+
 async fn spawn_loaded(
     opts: &LoadOptions,
     checks: Vec<std::sync::Arc<dyn palisade::health::HealthCheck>>,
@@ -306,6 +316,10 @@ async fn spawn_loaded(
     let app = Application::build_with(&loaded.settings, test_routes(), checks)
         .await
         .expect("app builds");
+    run(app)
+}
+
+fn run(app: Application) -> TestApp {
     let port = app.port();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {

@@ -4,6 +4,7 @@ mod auth;
 mod body_limit;
 mod config;
 mod context;
+mod database;
 mod errors;
 mod gateway;
 mod guards;
@@ -14,6 +15,7 @@ mod metrics;
 #[cfg(feature = "otel")]
 mod otel;
 mod rate_limit;
+mod resources;
 mod security;
 mod shutdown;
 mod upstream;

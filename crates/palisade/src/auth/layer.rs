@@ -320,23 +320,39 @@ fn bearer(value: &HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn forbidden(scopes: &[Box<str>], challenge: Option<&HeaderValue>) -> Response<Body> {
+pub(super) fn forbidden<T: AsRef<str>>(
+    scopes: &[T],
+    challenge: Option<&HeaderValue>,
+) -> Response<Body> {
     let listed: Vec<serde_json::Value> = scopes
         .iter()
-        .map(|s| serde_json::Value::from(&**s))
+        .map(|s| serde_json::Value::from(s.as_ref()))
         .collect();
+    let joined = |sep: &str| {
+        scopes
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<&str>>()
+            .join(sep)
+    };
     let mut res = Problem::new(StatusCode::FORBIDDEN)
         .with_title("Insufficient scope")
         .with_detail(format!(
             "This operation needs the scopes: {}.",
-            scopes.join(", ")
+            joined(", ")
         ))
         .with_extension("required_scopes", serde_json::Value::Array(listed))
         .with_rejection(Rejection::Forbidden)
         .into_response();
+    let challenge = challenge.cloned().or_else(|| {
+        HeaderValue::try_from(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+            joined(" ")
+        ))
+        .ok()
+    });
     if let Some(c) = challenge {
-        res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, c.clone());
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, c);
     }
     res
 }

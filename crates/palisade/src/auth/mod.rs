@@ -202,6 +202,25 @@ impl Principal {
     pub fn tier(&self) -> Option<&str> {
         self.0.tier.as_deref()
     }
+
+    /// `Ok` when every scope in `scopes` was granted, else the same `403` problem (with
+    /// `required_scopes` and `WWW-Authenticate`) the layer answers: for scope checks in
+    /// handlers.
+    ///
+    /// ```
+    /// use palisade::auth::{Credential, Principal};
+    ///
+    /// let p = Principal::new("alice", vec!["items:read".into()], Credential::Jwt, None);
+    /// assert!(p.require_scopes(&["items:read"]).is_ok());
+    /// assert_eq!(p.require_scopes(&["items:write"]).unwrap_err().status(), 403);
+    /// ```
+    pub fn require_scopes(&self, scopes: &[&str]) -> Result<(), Box<Response<Body>>> {
+        if scopes.iter().all(|s| self.has_scope(s)) {
+            Ok(())
+        } else {
+            Err(Box::new(layer::forbidden(scopes, None)))
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
