@@ -19,6 +19,7 @@ use palisade::{
     access_log::{AccessLogBody, AccessLogLayer},
     auth::AuthLayer,
     body_limit::BodyLimitLayer,
+    cache_control::CacheControlLayer,
     catch_panic::CatchPanicLayer,
     circuit_breaker::{CircuitBreaker, CircuitBreakerLayer},
     content_validation::ContentValidationLayer,
@@ -156,6 +157,12 @@ where
         .map(RateLimitLayer::new);
     let body_limit =
         BodyLimitLayer::new(&settings.body_limit).map_err(|e| config_err("body_limit", e))?;
+    let cache_control = settings
+        .cache_control
+        .enabled
+        .then(|| CacheControlLayer::new(&settings.cache_control))
+        .transpose()
+        .map_err(|e| config_err("cache_control", e))?;
     let idempotency = idempotency(settings, exempt, redis.as_ref(), metrics)
         .map_err(|e| config_err("idempotency", e))?
         .map(IdempotencyLayer::new);
@@ -227,8 +234,11 @@ where
         //     key), around the handler so a replay never runs it; scoped by the subject auth
         //     recorded.
         .layer(option_layer(idempotency))
+        // 20. Cache-Control per route on successful reads: right around the handler, so it
+        //     sees the handler's own headers (which win) and the final status.
+        .layer(option_layer(cache_control))
         //
-        // 20. Innermost. Panics become 500 problems, logged with the request id.
+        // 21. Innermost. Panics become 500 problems, logged with the request id.
         .layer(CatchPanicLayer::new())
         .service(router))
 }

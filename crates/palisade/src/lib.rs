@@ -45,6 +45,7 @@
 //! | [`security_headers`] | OWASP security headers, HSTS on HTTPS | — |
 //! | [`trusted_host`] | `Host` allowlist | — |
 //! | [`geoip`] | allow or deny clients by country, from a MaxMind DB file | `geoip` |
+//! | [`cache_control`] | `Cache-Control` and `Vary` per route on successful reads | — |
 //! | [`body_limit`] | request body limits on the bytes that arrive, per route | — |
 //! | [`content_validation`] | content-type allowlist (415), path/query encoding (400), header limits (431) | — |
 //! | [`load_shed`] | concurrency limit with a bounded queue, 503 beyond it | — |
@@ -70,6 +71,7 @@ pub mod access_log;
 pub mod auth;
 mod body_end;
 pub mod body_limit;
+pub mod cache_control;
 pub mod catch_panic;
 pub mod circuit_breaker;
 pub mod client_ip;

@@ -113,6 +113,18 @@ impl<T> RouteRules<T> {
         Self(Box::new([]))
     }
 
+    /// The index of the first rule matching `method` and `path`.
+    pub(crate) fn position(&self, method: &http::Method, path: &str) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|(route, _)| route.matches(method, path))
+    }
+
+    /// The value of rule `index` (from [`position`](Self::position)).
+    pub(crate) fn get(&self, index: usize) -> &T {
+        &self.0[index].1
+    }
+
     /// The value of the first rule matching `method` and `path`.
     pub(crate) fn find(&self, method: &http::Method, path: &str) -> Option<&T> {
         self.0

@@ -94,6 +94,8 @@ pub struct Settings {
     pub timeout: TimeoutConfig,
     /// `[idempotency]`.
     pub idempotency: IdempotencyConfig,
+    /// `[cache_control]`: `Cache-Control` per route on successful reads.
+    pub cache_control: palisade::cache_control::CacheControlConfig,
     /// `[redis]`.
     pub redis: RedisSettings,
     /// `[database]`: the API server's SQL database.
@@ -145,6 +147,7 @@ impl Settings {
             circuit_breaker: CircuitBreakerConfig::default(),
             timeout: TimeoutConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            cache_control: default_cache_control(),
             redis: RedisSettings::default(),
             database: DatabaseSettings::default(),
             #[cfg(feature = "otel")]
@@ -330,6 +333,9 @@ impl Settings {
         self.validate_upstreams()?;
         self.validate_auth()?;
         self.database.validate()?;
+        if let Err(e) = palisade::cache_control::CacheControlLayer::new(&self.cache_control) {
+            return err(&format!("cache_control.{}", e.key), e.message);
+        }
         if let Err(e) = self.metrics.validate() {
             return err(&format!("metrics.{}", e.key), e.message);
         }
@@ -361,6 +367,32 @@ impl Settings {
             );
         }
         Ok(())
+    }
+}
+
+/// The example resources' caching: items are public data (30 s fresh, revalidated by ETag
+/// after); orders are one caller's and never stored.
+fn default_cache_control() -> palisade::cache_control::CacheControlConfig {
+    use palisade::cache_control::{CacheControlConfig, CacheRouteConfig, Visibility};
+    let secs = |s| Some(ConfigDuration(std::time::Duration::from_secs(s)));
+    CacheControlConfig {
+        enabled: true,
+        routes: vec![
+            CacheRouteConfig {
+                path: "/api/v1/items/*".into(),
+                visibility: Visibility::Public,
+                max_age: secs(30),
+                stale_while_revalidate: secs(30),
+                vary: vec!["Accept-Encoding".into()],
+            },
+            CacheRouteConfig {
+                path: "/api/v1/orders/*".into(),
+                visibility: Visibility::NoStore,
+                max_age: None,
+                stale_while_revalidate: None,
+                vary: Vec::new(),
+            },
+        ],
     }
 }
 

@@ -86,10 +86,27 @@ async fn crud(db: TestDb) {
         format!("/api/v1/items/{}", item["id"].as_str().unwrap())
     );
 
-    // Reads are public, and conditional.
+    // Reads are public, cacheable, and conditional.
     let res = app.get(&location).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["etag"].to_str().unwrap(), etag1);
+    assert_eq!(
+        res.headers()["cache-control"],
+        "public, max-age=30, stale-while-revalidate=30"
+    );
+    assert_eq!(res.headers()["vary"], "accept-encoding");
+    let res = app
+        .client
+        .get(app.url(&location))
+        .header("authorization", writer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["cache-control"],
+        "private, max-age=30, stale-while-revalidate=30",
+        "a read with credentials stays out of shared caches"
+    );
     let res = app
         .client
         .get(app.url(&location))
@@ -305,6 +322,10 @@ async fn orders(db: TestDb) {
 
     let first = order(Some("pay-1"), 2, "alice").await.unwrap();
     assert_eq!(first.status(), 201);
+    assert!(
+        !first.headers().contains_key("cache-control"),
+        "writes get no policy"
+    );
     let first_body: Value = first.json().await.unwrap();
     assert_eq!(first_body["total_cents"], 500);
     let replay = order(Some("pay-1"), 2, "alice").await.unwrap();
@@ -346,6 +367,7 @@ async fn orders(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
     assert_eq!(res.json::<Value>().await.unwrap(), first_body);
     let res = app
         .client
