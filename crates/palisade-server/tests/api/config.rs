@@ -314,3 +314,43 @@ fn the_documented_full_example_loads_and_every_key_is_documented() {
         }
     }
 }
+
+/// The shipped production sample passes the production checks once its secrets are in the
+/// environment, and the Kubernetes manifests probe and expose what it configures.
+#[test]
+fn the_deployment_files_agree_with_a_valid_production_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let toml = std::fs::read_to_string(root.join("deploy/palisade.production.toml")).unwrap();
+    let opts = crate::helpers::options_with_file(
+        &toml,
+        &[
+            // The sample's own port, not the tests' port 0.
+            ("PALISADE_SERVER__PORT", "8080"),
+            (
+                "PALISADE_DATABASE__URL",
+                "postgres://palisade:Xq7vR2mLp9wTz4kHb6nJc3sYd8fGh5jKe2@db.internal:5432/palisade",
+            ),
+            (
+                "PALISADE_REDIS__URL",
+                "redis://:Xq7vR2mLp9wTz4kHb6nJc3sYd8fGh5jKe2@redis.internal:6379",
+            ),
+        ],
+    );
+    let loaded = palisade_server::config::load(&opts).unwrap();
+    let s = &loaded.settings;
+    assert!(s.is_production());
+    assert_eq!(s.server.host, "0.0.0.0");
+    assert!(toml.contains(&format!("port = {}", s.server.port)));
+    let deployment = std::fs::read_to_string(root.join("deploy/k8s/deployment.yaml")).unwrap();
+    assert!(deployment.contains(&format!("containerPort: {}", s.server.port)));
+    let metrics_port = s.metrics.listen.expect("metrics on their own port").port();
+    assert!(deployment.contains(&format!("containerPort: {metrics_port}")));
+    for path in palisade::health::HEALTH_PATHS {
+        assert!(
+            deployment.contains(&format!("path: {path}")),
+            "{path} is not probed"
+        );
+    }
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("EXPOSE {} {metrics_port}", s.server.port)));
+}
