@@ -47,9 +47,10 @@ pub enum ApiError {
 }
 
 /// One invalid field of a `422`: its JSON path and what is expected.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The field (`name`, `price_cents`).
+    #[schema(value_type = String)]
     pub field: &'static str,
     /// What is wrong, safe to show.
     pub message: String,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod jwks;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod resources;
 pub mod routes;
 mod serve;

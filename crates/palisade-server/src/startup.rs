@@ -66,7 +66,11 @@ impl Application {
             tracing::info!(backend = ?db.backend(), migrations = ran, "database ready");
         }
         let check = db.health_check();
-        Self::build_with(settings, crate::resources::routes(&db), vec![check]).await
+        let mut routes = crate::resources::routes(&db);
+        if settings.openapi.enabled {
+            routes = crate::openapi::routes(routes, settings);
+        }
+        Self::build_with(settings, routes, vec![check]).await
     }
 
     /// Binds and assembles the server with Palisade's own routes only (no database).

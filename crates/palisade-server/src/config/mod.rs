@@ -39,6 +39,21 @@ pub use response_time::ResponseTimeSettings;
 pub use security::{RequestIdSettings, TrustedHostsSettings};
 pub use server::ServerSettings;
 
+/// `[openapi]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenApiSettings {
+    /// Serve `/openapi.json` and the `/docs` UI. Env `PALISADE_OPENAPI__ENABLED`. Default
+    /// `true` in development, `false` in production.
+    pub enabled: bool,
+}
+
+impl Default for OpenApiSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 /// The deployment profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +115,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// `[database]`: the API server's SQL database.
     pub database: DatabaseSettings,
+    /// `[openapi]`: `/openapi.json` and `/docs`.
+    pub openapi: OpenApiSettings,
     /// `[otel]`: OpenTelemetry tracing (the `otel` feature, on by default).
     #[cfg(feature = "otel")]
     pub otel: palisade::otel::OtelConfig,
@@ -150,6 +167,9 @@ impl Settings {
             cache_control: default_cache_control(),
             redis: RedisSettings::default(),
             database: DatabaseSettings::default(),
+            openapi: OpenApiSettings {
+                enabled: !production,
+            },
             #[cfg(feature = "otel")]
             otel: palisade::otel::OtelConfig::default(),
             upstreams: Vec::new(),

@@ -58,7 +58,7 @@ const COLUMNS: &str =
     "id, sku, name, description, price_cents, stock, version, created_at, updated_at";
 
 /// An item as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Item {
     id: String,
     sku: String,
@@ -87,8 +87,8 @@ impl From<ItemRow> for Item {
     }
 }
 
-/// The body of a create.
-#[derive(Debug, Deserialize)]
+/// The body of a create: `sku`, `name` and `price_cents` are required.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     sku: Option<String>,
@@ -99,7 +99,7 @@ pub struct NewItem {
 }
 
 /// The body of an update: only the fields to change (the SKU never changes).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemPatch {
     name: Option<String>,
@@ -166,7 +166,18 @@ fn item_response(status: StatusCode, row: ItemRow) -> Response {
     res
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/v1/items", tag = "items",
+    request_body = NewItem,
+    responses(
+        (status = 201, description = "Created", body = Item,
+            headers(("ETag" = String, description = "The version"), ("Location" = String))),
+        (status = 401, description = "No or invalid credentials", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope items:write", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An item with this SKU exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each listed in `errors`", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["items:write"]), ("api_key" = ["items:write"])))]
+pub(crate) async fn create(
     State(db): State<Database>,
     who: Principal,
     AppJson(body): AppJson<NewItem>,
@@ -240,7 +251,15 @@ async fn fetch(db: &Database, id: &str) -> Result<ItemRow, ApiError> {
         .ok_or(ApiError::NotFound)
 }
 
-async fn read(
+#[utoipa::path(get, path = "/api/v1/items/{id}", tag = "items",
+    params(("id" = String, Path, description = "The item id"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags the client holds")),
+    responses(
+        (status = 200, description = "The item", body = Item, headers(("ETag" = String))),
+        (status = 304, description = "Not modified: the client's ETag is current"),
+        (status = 404, description = "No such item", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn read(
     State(db): State<Database>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -258,14 +277,18 @@ async fn read(
 }
 
 /// `?limit=` (1–100, default 20) and `?cursor=` (the last id of the previous page).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Items per page, 1–100 (default 20).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
+    /// The `next` link's cursor: the last id of the previous page.
     cursor: Option<String>,
 }
 
 /// A page of items and the link to the next one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
     items: Vec<Item>,
     /// The next page, absent on the last one.
@@ -273,7 +296,14 @@ pub struct Page {
     next: Option<String>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/v1/items", tag = "items",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page, in creation order", body = Page,
+            headers(("Link" = String, description = "`<next>; rel=\"next\"` when there is a next page"))),
+        (status = 422, description = "Invalid limit or cursor", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn list(
     State(db): State<Database>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
@@ -327,7 +357,19 @@ async fn list(
     Ok(res)
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/v1/items/{id}", tag = "items",
+    params(("id" = String, Path, description = "The item id"),
+           ("If-Match" = Option<String>, Header, description = "Update only this version")),
+    request_body = ItemPatch,
+    responses(
+        (status = 200, description = "The updated item", body = Item, headers(("ETag" = String))),
+        (status = 404, description = "No such item", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["items:write"]), ("api_key" = ["items:write"])))]
+pub(crate) async fn update(
     State(db): State<Database>,
     Path(id): Path<String>,
     who: Principal,
@@ -385,7 +427,17 @@ async fn update(
     Ok(item_response(StatusCode::OK, row))
 }
 
-async fn delete(
+#[utoipa::path(delete, path = "/api/v1/items/{id}", tag = "items",
+    params(("id" = String, Path, description = "The item id"),
+           ("If-Match" = Option<String>, Header, description = "Delete only this version")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such item", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Orders reference the item", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["items:write"]), ("api_key" = ["items:write"])))]
+pub(crate) async fn delete(
     State(db): State<Database>,
     Path(id): Path<String>,
     who: Principal,

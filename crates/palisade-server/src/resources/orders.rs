@@ -43,7 +43,7 @@ struct OrderRow {
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Order {
     id: String,
     item_id: String,
@@ -66,15 +66,27 @@ impl From<OrderRow> for Order {
     }
 }
 
-/// The body of an order.
-#[derive(Debug, Deserialize)]
+/// The body of an order: both fields required.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     item_id: Option<String>,
     quantity: Option<i64>,
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = String, Header, description = "Required: a retry with the same key and body is answered from the stored response")),
+    request_body = NewOrder,
+    responses(
+        (status = 201, description = "Accepted", body = Order, headers(("Location" = String))),
+        (status = 400, description = "Idempotency-Key missing or malformed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing scope orders:write", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not enough stock, or this key's first request still runs", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or the key was used with another body", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:write"]), ("api_key" = ["orders:write"])))]
+pub(crate) async fn create(
     State(db): State<Database>,
     who: Principal,
     key: IdempotencyKey,
@@ -163,7 +175,14 @@ async fn create(
     Ok(res)
 }
 
-async fn read(
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The caller's order", body = Order),
+        (status = 404, description = "No such order of the caller's", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["orders:read"]), ("api_key" = ["orders:read"])))]
+pub(crate) async fn read(
     State(db): State<Database>,
     Path(id): Path<String>,
     who: Principal,

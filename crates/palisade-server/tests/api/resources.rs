@@ -416,3 +416,91 @@ async fn readiness_fails_while_postgres_is_unreachable_and_recovers() {
     assert!(ready, "readiness recovers once the database is back");
     assert_eq!(app.get("/api/v1/items").await.status(), 200);
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_resource_route_and_docs_are_served() {
+    let db = TestDb::sqlite();
+    let app = spawn_api(&db.toml(), &[]).await;
+    let res = app.get("/openapi.json").await;
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    // Every route the server declares for its resources is documented, and nothing else.
+    let settings = palisade_server::config::Settings::default();
+    let mut database = settings.database.clone();
+    database.data_dir = crate::helpers::scratch_dir("openapi-routes");
+    let routes = palisade_server::resources::routes(
+        &palisade_server::db::Database::open(&database).unwrap(),
+    );
+    let mut declared: Vec<&str> = routes.templates().iter().map(String::as_str).collect();
+    declared.sort_unstable();
+    let mut documented: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    documented.sort_unstable();
+    assert_eq!(declared, documented);
+    let create = &doc["paths"]["/api/v1/orders"]["post"];
+    assert_eq!(create["security"][0]["bearer"], json!(["orders:write"]));
+    assert!(
+        create["responses"]["422"]["content"]["application/problem+json"].is_object(),
+        "{create}"
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
+    assert!(doc["components"]["schemas"]["Item"].is_object());
+
+    let res = app.get("/docs").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("/docs/swagger-ui-bundle.js")
+    );
+    for (asset, min) in [
+        ("/docs/swagger-ui-bundle.js", 1 << 20),
+        ("/docs/swagger-ui.css", 1 << 10),
+        ("/docs/init.js", 50),
+    ] {
+        let res = app.get(asset).await;
+        assert_eq!(res.status(), 200, "{asset}");
+        assert!(res.bytes().await.unwrap().len() > min, "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn production_serves_no_api_docs_unless_enabled() {
+    let db = TestDb::sqlite();
+    let env = [
+        ("PALISADE_ENV", "production"),
+        ("PALISADE_TRUSTED_HOSTS__ALLOWED_HOSTS", "[\"*\"]"),
+        ("PALISADE_METRICS__ENABLED", "false"),
+        (
+            "PALISADE_AUTH__JWT__SECRET",
+            "Xq7vR2mLp9wTz4kHb6nJc3sYd8fGh5jKe2Wn",
+        ),
+    ];
+    let app = spawn_api(&db.toml(), &env).await;
+    assert_problem(app.get("/openapi.json").await, 404).await;
+    assert_problem(app.get("/docs").await, 404).await;
+    let mut with_docs = env.to_vec();
+    with_docs.push(("PALISADE_OPENAPI__ENABLED", "true"));
+    let app = spawn_api(&db.toml(), &with_docs).await;
+    assert_eq!(app.get("/openapi.json").await.status(), 200);
+}
