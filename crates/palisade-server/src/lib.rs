@@ -21,6 +21,7 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod jobs;
 pub mod jwks;
 pub mod metrics;
 pub mod middleware;

@@ -64,6 +64,38 @@ pub fn load_shed(metrics: &Metrics, layer: &LoadShedLayer) {
     });
 }
 
+/// Background job attempts by outcome, and enqueue failures.
+pub fn jobs(metrics: &Metrics, stats: std::sync::Arc<crate::jobs::JobStats>) {
+    metrics.add_collector(move |out: &mut Exposition| {
+        let (succeeded, failed, enqueued, enqueue_failures) = stats.snapshot();
+        let mut attempts = out.family(
+            "palisade_jobs_total",
+            "Background job attempts by job and outcome (a retried job counts each attempt).",
+            MetricKind::Counter,
+        );
+        attempts.sample(
+            &[("job", "process_order"), ("outcome", "succeeded")],
+            succeeded as f64,
+        );
+        attempts.sample(
+            &[("job", "process_order"), ("outcome", "failed")],
+            failed as f64,
+        );
+        out.family(
+            "palisade_jobs_enqueued_total",
+            "Background jobs enqueued.",
+            MetricKind::Counter,
+        )
+        .sample(&[("job", "process_order")], enqueued as f64);
+        out.family(
+            "palisade_jobs_enqueue_failures_total",
+            "Background jobs that could not be enqueued (Redis unreachable).",
+            MetricKind::Counter,
+        )
+        .sample(&[("job", "process_order")], enqueue_failures as f64);
+    });
+}
+
 /// The shared rate-limit store's errors, fallbacks, outages and whether it is down.
 pub fn rate_limit_store(metrics: &Metrics, store: &RedisStore) {
     let store = store.clone();

@@ -37,6 +37,9 @@ pub enum StartupError {
     Database(#[from] crate::db::DatabaseError),
 }
 
+/// Registers more collectors with the metrics registry once it exists.
+type MetricsHook = Box<dyn FnOnce(&palisade::metrics::Metrics) + Send>;
+
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Runner = Box<dyn FnOnce(ShutdownSignal) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -66,11 +69,28 @@ impl Application {
             tracing::info!(backend = ?db.backend(), migrations = ran, "database ready");
         }
         let check = db.health_check();
-        let mut routes = crate::resources::routes(&db);
+        let jobs = if settings.jobs.enabled {
+            let jobs = crate::jobs::Jobs::connect(&settings.redis.url, &settings.jobs)
+                .await
+                .map_err(StartupError::Config)?;
+            if settings.jobs.worker {
+                jobs.spawn_worker(&settings.jobs, db.clone())
+                    .map_err(StartupError::Config)?;
+            }
+            Some(jobs)
+        } else {
+            None
+        };
+        let mut routes = crate::resources::routes(&db, jobs.as_ref());
         if settings.openapi.enabled {
             routes = crate::openapi::routes(routes, settings);
         }
-        Self::build_with(settings, routes, vec![check]).await
+        let job_metrics: Option<MetricsHook> = jobs.map(|j| {
+            let stats = j.stats();
+            Box::new(move |m: &palisade::metrics::Metrics| crate::metrics::jobs(m, stats))
+                as MetricsHook
+        });
+        Self::build_parts(settings, routes, vec![check], job_metrics).await
     }
 
     /// Binds and assembles the server with Palisade's own routes only (no database).
@@ -94,7 +114,15 @@ impl Application {
         routes: impl Into<AppRoutes>,
         checks: Vec<Arc<dyn HealthCheck>>,
     ) -> Result<Self, StartupError> {
-        let routes = routes.into();
+        Self::build_parts(settings, routes.into(), checks, None).await
+    }
+
+    async fn build_parts(
+        settings: &Settings,
+        routes: AppRoutes,
+        checks: Vec<Arc<dyn HealthCheck>>,
+        extra_metrics: Option<MetricsHook>,
+    ) -> Result<Self, StartupError> {
         // `[upstreams.policy]` becomes route rules of the sections it names.
         let settings = &settings.with_upstream_policies();
         let host = &settings.server.host;
@@ -144,6 +172,9 @@ impl Application {
             ))
         })?;
         if let Some(m) = &metrics {
+            if let Some(hook) = extra_metrics {
+                hook(m);
+            }
             crate::metrics::breakers(m, breakers);
             if let Some(g) = &gateway {
                 crate::metrics::gateway(m, g);

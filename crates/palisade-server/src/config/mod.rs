@@ -9,6 +9,7 @@
 mod auth;
 mod database;
 mod health;
+mod jobs;
 mod load;
 mod log;
 mod redis;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::DEVELOPMENT_JWT_SECRET;
 pub use database::{Backend, DatabaseSettings};
 pub use health::HealthSettings;
+pub use jobs::JobsSettings;
 pub use load::{
     CONFIG_VAR, ConfigError, DEFAULT_FILE, ENV_PREFIX, LoadOptions, Loaded, Source, load,
 };
@@ -117,6 +119,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// `[openapi]`: `/openapi.json` and `/docs`.
     pub openapi: OpenApiSettings,
+    /// `[jobs]`: background jobs on Redis.
+    pub jobs: JobsSettings,
     /// `[otel]`: OpenTelemetry tracing (the `otel` feature, on by default).
     #[cfg(feature = "otel")]
     pub otel: palisade::otel::OtelConfig,
@@ -170,6 +174,7 @@ impl Settings {
             openapi: OpenApiSettings {
                 enabled: !production,
             },
+            jobs: JobsSettings::default(),
             #[cfg(feature = "otel")]
             otel: palisade::otel::OtelConfig::default(),
             upstreams: Vec::new(),
@@ -353,6 +358,7 @@ impl Settings {
         self.validate_upstreams()?;
         self.validate_auth()?;
         self.database.validate()?;
+        self.jobs.validate(&self.redis.url)?;
         if let Err(e) = palisade::cache_control::CacheControlLayer::new(&self.cache_control) {
             return err(&format!("cache_control.{}", e.key), e.message);
         }

@@ -15,15 +15,15 @@ use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::{db::Database, routes::AppRoutes};
 
-/// The `/api/v1` routes over `db`.
-pub fn routes(db: &Database) -> AppRoutes {
+/// The `/api/v1` routes over `db`; accepted orders go to `jobs` when given.
+pub fn routes(db: &Database, jobs: Option<&crate::jobs::Jobs>) -> AppRoutes {
     let routes = AppRoutes::new();
     let routes = items::routes(routes, db);
-    orders::routes(routes, db)
+    orders::routes(routes, db, jobs)
 }
 
 /// Milliseconds since the Unix epoch, as stored.
-pub(crate) fn now_millis() -> i64 {
+pub fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

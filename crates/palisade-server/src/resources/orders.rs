@@ -18,6 +18,7 @@ use super::{new_id, now_millis, rfc3339};
 use crate::{
     db::Database,
     error::{ApiError, AppJson, FieldError},
+    jobs::{Jobs, ProcessOrder},
     routes::AppRoutes,
 };
 
@@ -26,10 +27,21 @@ pub const WRITE_SCOPE: &str = "orders:write";
 /// The scope reading orders needs.
 pub const READ_SCOPE: &str = "orders:read";
 
-pub(super) fn routes(routes: AppRoutes, db: &Database) -> AppRoutes {
+/// What the order handlers share: the database and, when `[jobs]` is on, the queue.
+#[derive(Debug, Clone)]
+pub(crate) struct OrdersState {
+    db: Database,
+    jobs: Option<Jobs>,
+}
+
+pub(super) fn routes(routes: AppRoutes, db: &Database, jobs: Option<&Jobs>) -> AppRoutes {
+    let state = OrdersState {
+        db: db.clone(),
+        jobs: jobs.cloned(),
+    };
     routes
-        .route("/api/v1/orders", post(create).with_state(db.clone()))
-        .route("/api/v1/orders/{id}", get(read).with_state(db.clone()))
+        .route("/api/v1/orders", post(create).with_state(state.clone()))
+        .route("/api/v1/orders/{id}", get(read).with_state(state))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -87,7 +99,7 @@ pub struct NewOrder {
     ),
     security(("bearer" = ["orders:write"]), ("api_key" = ["orders:write"])))]
 pub(crate) async fn create(
-    State(db): State<Database>,
+    State(OrdersState { db, jobs }): State<OrdersState>,
     who: Principal,
     key: IdempotencyKey,
     AppJson(body): AppJson<NewOrder>,
@@ -108,8 +120,13 @@ pub(crate) async fn create(
     else {
         return Err(ApiError::Validation(errors));
     };
-    let request_id = palisade::context::current()
-        .map(|c| c.request_id().as_str().to_owned())
+    let (request_id, correlation_id) = palisade::context::current()
+        .map(|c| {
+            (
+                c.request_id().as_str().to_owned(),
+                c.correlation_id().as_str().to_owned(),
+            )
+        })
         .unwrap_or_default();
     let now = now_millis();
     let mut tx = db.pool().begin().await?;
@@ -167,6 +184,17 @@ pub(crate) async fn create(
     })?;
     tx.commit().await?;
     tracing::info!(order_id = %row.id, item_id = %row.item_id, quantity, "order accepted");
+    // After the commit: a job never sees an order that was rolled back. If enqueueing fails
+    // the order stands (accepted, not processed) and the failure is logged and counted.
+    if let Some(jobs) = &jobs {
+        jobs.enqueue(ProcessOrder {
+            order_id: row.id.clone(),
+            request_id,
+            correlation_id,
+            subject: who.subject().to_owned(),
+        })
+        .await;
+    }
     let location = HeaderValue::try_from(format!("/api/v1/orders/{}", row.id)).ok();
     let mut res = (StatusCode::CREATED, Json(Order::from(row))).into_response();
     if let Some(l) = location {
@@ -183,7 +211,7 @@ pub(crate) async fn create(
     ),
     security(("bearer" = ["orders:read"]), ("api_key" = ["orders:read"])))]
 pub(crate) async fn read(
-    State(db): State<Database>,
+    State(OrdersState { db, .. }): State<OrdersState>,
     Path(id): Path<String>,
     who: Principal,
 ) -> Result<Json<Order>, ApiError> {

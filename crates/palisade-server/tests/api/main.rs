@@ -11,6 +11,7 @@ mod guards;
 mod health;
 mod helpers;
 mod idempotency;
+mod jobs;
 mod metrics;
 #[cfg(feature = "otel")]
 mod otel;

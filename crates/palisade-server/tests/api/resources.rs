@@ -435,6 +435,7 @@ async fn the_openapi_document_covers_every_resource_route_and_docs_are_served() 
     database.data_dir = crate::helpers::scratch_dir("openapi-routes");
     let routes = palisade_server::resources::routes(
         &palisade_server::db::Database::open(&database).unwrap(),
+        None,
     );
     let mut declared: Vec<&str> = routes.templates().iter().map(String::as_str).collect();
     declared.sort_unstable();
