@@ -13,6 +13,12 @@
 //! gateway mode (`[[upstreams]] prefix = "/"`), and nginx (one worker, upstream keep-alive) for
 //! comparison; `upstream` hits that upstream directly, the ceiling of every proxied run.
 //!
+//! The API variants (`api-sqlite-read`, `api-sqlite-create`, `api-postgres-read`,
+//! `api-postgres-create`; only when named with `--only`) run the `palisade` API server over
+//! a fresh database per run: reading one item by id, or creating items through a `wrk` script
+//! (a bearer token, a new SKU per request). The PostgreSQL ones need the local server that
+//! `./scripts/test` sets up, or `PALISADE_BENCH_POSTGRES_URL`.
+//!
 //! ```text
 //! palisade-bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
 //!                [--only NAME,NAME] [--out FILE]
@@ -21,6 +27,10 @@
 //! `--smoke` runs bare, full, the Redis-backed variant, gateway and nginx once for one second
 //! each: proof that the harness works, no claim about speed. Run through `bench/run`, which
 //! installs wrk, redis-server and nginx and builds release binaries.
+
+// The whole stack is one nested service type; proving its future `Send`/`Unpin` takes more
+// than the default 128 steps of trait resolution.
+#![recursion_limit = "256"]
 
 use std::{
     collections::BTreeMap,
@@ -70,12 +80,15 @@ enum Server {
     Nginx,
     /// No proxy: `wrk` talks to the upstream (on core 1) directly.
     Upstream,
+    /// The `palisade` API server (database, resources): reading one item, or creating items
+    /// (a `wrk` script posts a fresh SKU each time), on SQLite or PostgreSQL.
+    Api { postgres: bool, create: bool },
 }
 
 impl Server {
     /// Whether the variant needs the shared upstream.
     fn uses_upstream(self) -> bool {
-        !matches!(self, Self::Own(_))
+        matches!(self, Self::Gateway | Self::Nginx | Self::Upstream)
     }
 }
 
@@ -220,6 +233,50 @@ const VARIANTS: &[Variant] = &[
         redis: false,
     },
     Variant {
+        name: "api-sqlite-read",
+        what: "palisade API server, GET /api/v1/items/{id} (ETag), embedded SQLite",
+        server: Server::Api {
+            postgres: false,
+            create: false,
+        },
+        env: &[],
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "api-sqlite-create",
+        what: "palisade API server, POST /api/v1/items (bearer JWT, validation, INSERT), SQLite",
+        server: Server::Api {
+            postgres: false,
+            create: true,
+        },
+        env: &[],
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "api-postgres-read",
+        what: "as api-sqlite-read, on the local PostgreSQL (fresh database per run)",
+        server: Server::Api {
+            postgres: true,
+            create: false,
+        },
+        env: &[],
+        layer: None,
+        redis: false,
+    },
+    Variant {
+        name: "api-postgres-create",
+        what: "as api-sqlite-create, on the local PostgreSQL",
+        server: Server::Api {
+            postgres: true,
+            create: true,
+        },
+        env: &[],
+        layer: None,
+        redis: false,
+    },
+    Variant {
         name: "upstream",
         what: "the upstream alone (bench-bare on core 1 with wrk): the proxies' ceiling",
         server: Server::Upstream,
@@ -278,6 +335,8 @@ fn main() {
         .iter()
         .filter(|v| match &opts.only {
             Some(names) => v.name == "bare" || names.iter().any(|n| n == v.name),
+            // The API variants need PostgreSQL: only when named.
+            None if v.name.starts_with("api-") => false,
             None => {
                 !opts.smoke
                     || matches!(
@@ -468,6 +527,10 @@ impl Bench {
                 let port = free_port();
                 (Some(self.start_nginx(port, &log_file)), port)
             }
+            Server::Api { postgres, .. } => {
+                let port = free_port();
+                (Some(self.start_api(v, postgres, port, &log_file)), port)
+            }
         };
         let pid = match (&child, &self.upstream) {
             (Some(c), _) => c.id(),
@@ -477,11 +540,22 @@ impl Bench {
         if let Some(c) = &mut child {
             wait_listening(port, c);
         }
-        let url = format!("http://127.0.0.1:{port}{BENCH_PATH}");
+        let (url, script) = match v.server {
+            Server::Api { create: false, .. } => {
+                let id = seed_item(port);
+                (format!("http://127.0.0.1:{port}/api/v1/items/{id}"), None)
+            }
+            Server::Api { create: true, .. } => (
+                format!("http://127.0.0.1:{port}/api/v1/items"),
+                Some(self.create_script()),
+            ),
+            _ => (format!("http://127.0.0.1:{port}{BENCH_PATH}"), None),
+        };
+        let script = script.as_deref();
         // Warm up: connections, allocator, caches.
-        let _ = wrk(&url, opts.connections, 1);
+        let _ = wrk(&url, opts.connections, 1, script);
         let before = proc_cpu(pid);
-        let out = wrk(&url, opts.connections, opts.duration);
+        let out = wrk(&url, opts.connections, opts.duration, script);
         let after = proc_cpu(pid);
         if let Some(c) = &mut child {
             stop(c);
@@ -523,6 +597,52 @@ impl Bench {
             .envs(config.map(|c| ("PALISADE_CONFIG", c)))
             .envs(v.env.iter().copied());
         spawn(cmd, bin)
+    }
+
+    /// The `palisade` API server on core 0 over a fresh database: a new SQLite directory, or
+    /// the `palisade_bench` database recreated on PostgreSQL.
+    fn start_api(&self, v: &Variant, postgres: bool, port: u16, log_file: &Path) -> Child {
+        let mut cmd = pinned(0, self.bin_dir.join("palisade"));
+        cmd.env("PALISADE_SERVER__PORT", port.to_string())
+            .env("PALISADE_LOG__FORMAT", "json")
+            .env("PALISADE_LOG__OUTPUT", log_file)
+            .envs(self.shared_env.iter().map(|(k, v)| (k, v)))
+            .envs(v.env.iter().copied());
+        if postgres {
+            cmd.env("PALISADE_DATABASE__URL", fresh_postgres_database());
+        } else {
+            let dir = self.log_dir.join(format!("data-{}-{port}", v.name));
+            let _ = std::fs::remove_dir_all(&dir);
+            cmd.env("PALISADE_DATABASE__DATA_DIR", dir);
+        }
+        spawn(cmd, "palisade")
+    }
+
+    /// A `wrk` script posting items with SKUs unique to this run, thread and request.
+    fn create_script(&self) -> PathBuf {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = self.log_dir.join(format!("create-{nonce}.lua"));
+        let script = format!(
+            r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, nil, string.format('{{"sku":"b{nonce}-%d-%d","name":"Bench item","price_cents":1250,"stock":10}}', tid, n))
+end
+"#,
+            token = bench_token()
+        );
+        std::fs::write(&path, script).expect("wrk script");
+        path
     }
 
     /// nginx in the foreground on core 0, its config generated for this run's ports.
@@ -670,16 +790,86 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn wrk(url: &str, connections: u32, secs: u64) -> String {
-    let out = pinned(1, "wrk")
-        .args(["-t1", "--latency"])
+fn wrk(url: &str, connections: u32, secs: u64, script: Option<&Path>) -> String {
+    let mut cmd = pinned(1, "wrk");
+    cmd.args(["-t1", "--latency"])
         .arg(format!("-c{connections}"))
-        .arg(format!("-d{secs}s"))
+        .arg(format!("-d{secs}s"));
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd
         .arg(url)
         .stdout(Stdio::piped())
         .output()
         .expect("wrk runs (bench/run installs it)");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A development token with `items:write`, as `palisade token issue` makes it.
+fn bench_token() -> String {
+    let settings = palisade_server::config::Settings::default();
+    palisade_server::tokens::issue(
+        &settings,
+        &palisade_server::tokens::TokenRequest {
+            subject: "bench".into(),
+            scopes: vec!["items:write".into()],
+            ttl: Duration::from_secs(3600),
+            tier: None,
+            key_id: None,
+            private_key_pem: None,
+        },
+    )
+    .expect("a development token")
+}
+
+/// Creates one item over plain HTTP/1.1 and returns its id.
+fn seed_item(port: u16) -> String {
+    use std::io::{Read, Write};
+    let body = r#"{"sku":"seed","name":"Seed item","price_cents":1250,"stock":10}"#;
+    let req = format!(
+        "POST /api/v1/items HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        bench_token(),
+        body.len()
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API server");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut res = String::new();
+    s.read_to_string(&mut res).expect("read");
+    assert!(
+        res.starts_with("HTTP/1.1 201"),
+        "seeding an item failed: {res}"
+    );
+    let id = res
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the item's id");
+    id.to_owned()
+}
+
+/// `PALISADE_BENCH_POSTGRES_URL` (a role that may create databases), else the role
+/// `./scripts/test` creates; the `palisade_bench` database is dropped and created again.
+fn fresh_postgres_database() -> String {
+    let admin = std::env::var("PALISADE_BENCH_POSTGRES_URL").unwrap_or_else(|_| {
+        "postgres://palisade_test:palisade_test@127.0.0.1:5432/postgres".to_owned()
+    });
+    for sql in [
+        "DROP DATABASE IF EXISTS palisade_bench WITH (FORCE)",
+        "CREATE DATABASE palisade_bench",
+    ] {
+        let ok = Command::new("psql")
+            .args([admin.as_str(), "-qc", sql])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "psql could not run {sql:?}; start PostgreSQL (./scripts/test sets it up) or set PALISADE_BENCH_POSTGRES_URL"
+        );
+    }
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/palisade_bench")
 }
 
 /// (utime, stime) in clock ticks for the whole process (all threads) and its descendants

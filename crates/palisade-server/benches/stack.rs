@@ -1,6 +1,8 @@
 //! The whole middleware stack in process (no sockets): bare router vs `apply_middleware`,
 //! to attribute user-space cost without kernel noise. `cargo bench -p palisade-server`.
 
+// The stack's nested types need more trait-resolution steps than the default 128.
+#![recursion_limit = "256"]
 #![allow(missing_docs)]
 
 use std::net::SocketAddr;

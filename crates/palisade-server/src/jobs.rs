@@ -24,7 +24,7 @@ use apalis::{
             backoff::{ExponentialBackoffMaker, MakeBackoff},
         },
     },
-    prelude::{Attempt, BoxDynError, Data, TaskSink, WorkerBuilder},
+    prelude::{AbortError, Attempt, BoxDynError, Data, TaskSink, WorkerBuilder},
 };
 use apalis_redis::{ConnectionManager, RedisStorage};
 use palisade::{context::RequestContext, request_id::RequestId};
@@ -87,8 +87,11 @@ impl Jobs {
         let conn = apalis_redis::connect(redis_url.trim())
             .await
             .map_err(|e| format!("jobs: cannot connect to Redis: {e}"))?;
+        // An idle worker looks for new jobs when its heartbeat is due (a push from another
+        // process does not wake it), so the heartbeat is the poll interval.
         let config = apalis_redis::Config::default()
-            .queue(format!("{}:process_order", settings.namespace.trim()));
+            .queue(format!("{}:process_order", settings.namespace.trim()))
+            .heartbeat_interval(settings.poll_interval.0);
         Ok(Self {
             storage: RedisStorage::new(conn).with_config(config),
             stats: Arc::new(JobStats::default()),
@@ -128,12 +131,10 @@ impl Jobs {
         .make_backoff();
         let worker = WorkerBuilder::new("palisade-orders")
             .backend(self.storage.clone())
-            .retry(BackoffRetryPolicy::new(
-                // apalis counts attempts from 1 and retries while `attempt <= retries`: one
-                // more than our retries gives the first attempt plus `retries` more.
-                settings.retries + 1,
-                backoff,
-            ))
+            // The handler ends the job itself after its last attempt (an `AbortError`, so
+            // neither this policy nor the Redis backend's own rescheduling runs it again); the
+            // policy only has to allow at least that many.
+            .retry(BackoffRetryPolicy::new(settings.retries + 1, backoff))
             .concurrency(settings.concurrency)
             .data(db)
             .data(self.stats.clone())
@@ -168,6 +169,10 @@ async fn process_order(
     let attempt = attempt.current();
     let Retries(max_retries) = *retries;
     let last = attempt > max_retries;
+    if attempt > max_retries + 1 {
+        // Rescheduled by the backend after its last attempt: never run again.
+        return Err(AbortError::new("no attempts left").into());
+    }
     ctx.scope(async move {
         let done = sqlx::query(
             "UPDATE orders SET status = 'processed', updated_at = $1 WHERE id = $2 AND status = 'accepted'",
@@ -201,6 +206,7 @@ async fn process_order(
             Err(e) if last => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(job = "process_order", order_id = %job.order_id, attempt, error = %e, "job failed; no retries left");
+                return Err(AbortError::new(format!("no retries left: {e}")).into());
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 
+// The whole stack is one nested service type; proving its future `Send`/`Unpin` takes more
+// than the default 128 steps of trait resolution.
+#![recursion_limit = "256"]
+
 pub mod config;
 pub mod db;
 pub mod error;

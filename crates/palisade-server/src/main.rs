@@ -3,6 +3,10 @@
 //! Kept thin: parse arguments, load config, start telemetry, build, run. Everything else is in
 //! the library so tests drive exactly what production runs.
 
+// The whole stack is one nested service type; proving its future `Send`/`Unpin` takes more
+// than the default 128 steps of trait resolution.
+#![recursion_limit = "256"]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};

@@ -9,8 +9,10 @@
 //!   always wins;
 //!
 //! and `Vary` gains the rule's field names that it does not list yet. A `public` rule on a
-//! request that carried credentials (`Authorization`, `Cookie`) is sent as `private`: a
-//! response computed for one caller must not land in a shared cache.
+//! request that carried credentials is sent as `private`: a response computed for one caller
+//! must not land in a shared cache. Credentials are any of `credential_headers`
+//! (`Authorization`, `Cookie`, `X-API-Key` by default), or an authenticated subject in the
+//! [request context](crate::context).
 //!
 //! ```
 //! use palisade::cache_control::{CacheControlConfig, CacheControlLayer, CacheRouteConfig, Visibility};
@@ -18,7 +20,6 @@
 //! use std::time::Duration;
 //!
 //! let config = CacheControlConfig {
-//!     enabled: true,
 //!     routes: vec![CacheRouteConfig {
 //!         path: "/catalog/*".into(),
 //!         visibility: Visibility::Public,
@@ -26,6 +27,7 @@
 //!         stale_while_revalidate: None,
 //!         vary: vec!["Accept-Encoding".into()],
 //!     }],
+//!     ..CacheControlConfig::default()
 //! };
 //! let layer = CacheControlLayer::new(&config).expect("valid config");
 //! let app: axum::Router = axum::Router::new()
@@ -51,6 +53,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
+    context::RequestContext,
     duration::ConfigDuration,
     error::ConfigError,
     macros::define_inner_service_accessors,
@@ -91,13 +94,28 @@ pub struct CacheRouteConfig {
 }
 
 /// `[cache_control]`: caching policy per route. See the [module docs](self).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheControlConfig {
     /// Off: no header is added. Default `true` (with no rules it does nothing).
     pub enabled: bool,
     /// Rules, first match wins; unmatched routes get nothing.
     pub routes: Vec<CacheRouteConfig>,
+    /// Request headers that carry credentials: with any of them a `public` rule is sent as
+    /// `private`. Default `Authorization`, `Cookie`, `X-API-Key`.
+    pub credential_headers: Vec<String>,
+}
+
+impl Default for CacheControlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            routes: Vec::new(),
+            credential_headers: ["Authorization", "Cookie", "X-API-Key"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -112,7 +130,25 @@ struct Rule {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheControlLayer {
-    rules: Arc<RouteRules<Rule>>,
+    rules: Arc<Rules>,
+}
+
+#[derive(Debug)]
+struct Rules {
+    routes: RouteRules<Rule>,
+    credential_headers: Box<[HeaderName]>,
+}
+
+impl Rules {
+    fn has_credentials<B>(&self, req: &Request<B>) -> bool {
+        self.credential_headers
+            .iter()
+            .any(|h| req.headers().contains_key(h))
+            || req
+                .extensions()
+                .get::<RequestContext>()
+                .is_some_and(|c| c.subject().is_some())
+    }
 }
 
 impl CacheControlLayer {
@@ -165,8 +201,21 @@ impl CacheControlLayer {
                 },
             ));
         }
+        let credential_headers = config
+            .credential_headers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                    ConfigError::new(format!("credential_headers[{i}]"), "not a header name")
+                })
+            })
+            .collect::<Result<Box<[_]>, _>>()?;
         Ok(Self {
-            rules: Arc::new(RouteRules::new(rules)),
+            rules: Arc::new(Rules {
+                routes: RouteRules::new(rules),
+                credential_headers,
+            }),
         })
     }
 }
@@ -186,7 +235,7 @@ impl<S> Layer<S> for CacheControlLayer {
 #[derive(Debug, Clone)]
 pub struct CacheControl<S> {
     inner: S,
-    rules: Arc<RouteRules<Rule>>,
+    rules: Arc<Rules>,
 }
 
 impl<S> CacheControl<S> {
@@ -209,8 +258,9 @@ where
         let method = req.method();
         let chosen = if *method == Method::GET || *method == Method::HEAD {
             self.rules
+                .routes
                 .position(method, req.uri().path())
-                .map(|i| (i, has_credentials(req.headers())))
+                .map(|i| (i, self.rules.has_credentials(&req)))
         } else {
             None
         };
@@ -221,16 +271,12 @@ where
     }
 }
 
-fn has_credentials(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
-}
-
 pin_project! {
     /// The response future of [`CacheControl`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        rules: Option<(Arc<RouteRules<Rule>>, (usize, bool))>,
+        rules: Option<(Arc<Rules>, (usize, bool))>,
     }
 }
 
@@ -246,7 +292,7 @@ where
         if let Some((rules, (index, credentials))) = this.rules.take() {
             let status = res.status();
             if status.is_success() || status == http::StatusCode::NOT_MODIFIED {
-                apply(rules.get(index), credentials, res.headers_mut());
+                apply(rules.routes.get(index), credentials, res.headers_mut());
             }
         }
         Poll::Ready(Ok(res))
@@ -285,7 +331,6 @@ mod tests {
 
     fn layer() -> CacheControlLayer {
         CacheControlLayer::new(&CacheControlConfig {
-            enabled: true,
             routes: vec![
                 CacheRouteConfig {
                     path: "/public/*".into(),
@@ -302,6 +347,7 @@ mod tests {
                     vary: vec![],
                 },
             ],
+            ..CacheControlConfig::default()
         })
         .unwrap()
     }
@@ -395,12 +441,13 @@ mod tests {
         )
         .await;
         assert!(cc(&res).unwrap().starts_with("private"));
+        let res = call("GET", "/public/a", 200, &[("x-api-key", "k")]).await;
+        assert!(cc(&res).unwrap().starts_with("private"));
     }
 
     #[test]
     fn no_store_with_a_max_age_is_a_config_error() {
         let err = CacheControlLayer::new(&CacheControlConfig {
-            enabled: true,
             routes: vec![CacheRouteConfig {
                 path: "/x".into(),
                 visibility: Visibility::NoStore,
@@ -408,6 +455,7 @@ mod tests {
                 stale_while_revalidate: None,
                 vary: vec![],
             }],
+            ..CacheControlConfig::default()
         })
         .unwrap_err();
         assert_eq!(err.key, "routes[0].max_age");

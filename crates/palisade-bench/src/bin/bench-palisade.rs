@@ -1,6 +1,10 @@
 //! palisade-server with its full default stack (configured by `PALISADE_*` variables through
 //! the real loader), serving the same route as `bench-bare`.
 
+// The whole stack is one nested service type; proving its future `Send`/`Unpin` takes more
+// than the default 128 steps of trait resolution.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 use axum::routing::get;

@@ -25,6 +25,9 @@ pub struct JobsSettings {
     pub backoff_max: ConfigDuration,
     /// The Redis key namespace of the queues. Default `palisade:jobs`.
     pub namespace: String,
+    /// How often an idle worker looks for new jobs (its heartbeat; a worker missing two is
+    /// presumed dead and its jobs re-enqueued). Default `1s`.
+    pub poll_interval: ConfigDuration,
 }
 
 impl Default for JobsSettings {
@@ -37,6 +40,7 @@ impl Default for JobsSettings {
             backoff_min: ConfigDuration(Duration::from_millis(200)),
             backoff_max: ConfigDuration(Duration::from_secs(30)),
             namespace: "palisade:jobs".to_owned(),
+            poll_interval: ConfigDuration(Duration::from_secs(1)),
         }
     }
 }
@@ -65,6 +69,11 @@ impl JobsSettings {
                 key("backoff_min"),
                 "must be greater than 0 and at most backoff_max".into(),
             ));
+        }
+        if self.poll_interval.0 < Duration::from_millis(10)
+            || self.poll_interval.0 > Duration::from_secs(60)
+        {
+            return Err((key("poll_interval"), "must be between 10ms and 60s".into()));
         }
         if self.namespace.trim().is_empty() {
             return Err((key("namespace"), "must not be empty".into()));

@@ -402,7 +402,6 @@ fn default_cache_control() -> palisade::cache_control::CacheControlConfig {
     use palisade::cache_control::{CacheControlConfig, CacheRouteConfig, Visibility};
     let secs = |s| Some(ConfigDuration(std::time::Duration::from_secs(s)));
     CacheControlConfig {
-        enabled: true,
         routes: vec![
             CacheRouteConfig {
                 path: "/api/v1/items/*".into(),
@@ -419,6 +418,7 @@ fn default_cache_control() -> palisade::cache_control::CacheControlConfig {
                 vary: Vec::new(),
             },
         ],
+        ..CacheControlConfig::default()
     }
 }
 

@@ -446,10 +446,17 @@ pub(crate) async fn delete(
     who.require_scopes(&[WRITE_SCOPE])?;
     let current = fetch(&db, &id).await?;
     check_if_match(&headers, current.version)?;
-    sqlx::query("DELETE FROM items WHERE id = $1")
+    // Only the version that was checked: a concurrent update makes this delete nothing.
+    let done = sqlx::query("DELETE FROM items WHERE id = $1 AND version = $2")
         .bind(&id)
+        .bind(current.version)
         .execute(db.pool())
         .await
         .map_err(|e| ApiError::on_constraint(e, "the item has orders and cannot be deleted"))?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::Conflict(
+            "the item changed while it was being deleted; read it and try again".into(),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }

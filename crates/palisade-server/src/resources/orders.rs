@@ -160,7 +160,7 @@ pub(crate) async fn create(
         status: "accepted".to_owned(),
         created_at: now,
     };
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO orders (id, item_id, quantity, total_cents, status, subject, request_id, \
          idempotency_key, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
@@ -175,32 +175,69 @@ pub(crate) async fn create(
     .bind(now)
     .bind(now)
     .execute(&mut *tx)
-    .await
-    .map_err(|e| {
-        ApiError::on_constraint(
-            e,
-            "an order with this Idempotency-Key exists (its stored response has expired)",
-        )
-    })?;
+    .await;
+    if let Err(e) = inserted {
+        let duplicate = matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation());
+        if !duplicate {
+            return Err(e.into());
+        }
+        // The key was used before and the layer's stored response is gone (expired, or the
+        // client went away before it was stored): answer with that order, as a replay
+        // would, when the request is the same; the stock taken above is rolled back.
+        drop(tx);
+        return existing_order(&db, who.subject(), key.as_str(), &row).await;
+    }
     tx.commit().await?;
     tracing::info!(order_id = %row.id, item_id = %row.item_id, quantity, "order accepted");
     // After the commit: a job never sees an order that was rolled back. If enqueueing fails
     // the order stands (accepted, not processed) and the failure is logged and counted.
-    if let Some(jobs) = &jobs {
-        jobs.enqueue(ProcessOrder {
+    if let Some(jobs) = jobs {
+        let job = ProcessOrder {
             order_id: row.id.clone(),
             request_id,
             correlation_id,
             subject: who.subject().to_owned(),
-        })
-        .await;
+        };
+        // On a task of its own (in this request's context): a client that goes away now
+        // cannot cancel the enqueue of an order that exists.
+        palisade::context::spawn(async move { jobs.enqueue(job).await });
     }
+    Ok(created(row))
+}
+
+/// The order a client made earlier with `key`: `201` as the first answer was, when `wanted`
+/// asks for the same item and quantity; `422` when the key was used for another order.
+async fn existing_order(
+    db: &Database,
+    subject: &str,
+    key: &str,
+    wanted: &OrderRow,
+) -> Result<Response, ApiError> {
+    let row = sqlx::query_as::<_, OrderRow>(
+        "SELECT id, item_id, quantity, total_cents, status, created_at FROM orders \
+         WHERE subject = $1 AND idempotency_key = $2",
+    )
+    .bind(subject)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| ApiError::Conflict("the order is being created; retry shortly".into()))?;
+    if row.item_id != wanted.item_id || row.quantity != wanted.quantity {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "was already used for another order",
+        )]));
+    }
+    Ok(created(row))
+}
+
+fn created(row: OrderRow) -> Response {
     let location = HeaderValue::try_from(format!("/api/v1/orders/{}", row.id)).ok();
     let mut res = (StatusCode::CREATED, Json(Order::from(row))).into_response();
     if let Some(l) = location {
         res.headers_mut().insert(header::LOCATION, l);
     }
-    Ok(res)
+    res
 }
 
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",

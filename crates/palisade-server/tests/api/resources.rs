@@ -64,6 +64,10 @@ on_both!(crud_round_trips_with_etags, crud);
 on_both!(invalid_input_is_a_problem_naming_each_field, validation);
 on_both!(pages_follow_next_links_to_the_end, pagination);
 on_both!(orders_need_a_key_and_a_replay_makes_one_row, orders);
+on_both!(
+    without_the_layer_the_database_still_makes_one_order_per_key,
+    orders_without_layer
+);
 
 async fn crud(db: TestDb) {
     let app = spawn_api(&db.toml(), &[]).await;
@@ -377,6 +381,41 @@ async fn orders(db: TestDb) {
         .await
         .unwrap();
     assert_problem(res, 404).await;
+}
+
+/// The idempotency layer's entry gone (expired, or the layer off): the unique index still
+/// keeps one order per key, and a retry gets that order back.
+async fn orders_without_layer(db: TestDb) {
+    let app = spawn_api(&db.toml(), &[("PALISADE_IDEMPOTENCY__ENABLED", "false")]).await;
+    let item = create_item(&app, "gadget", 5).await;
+    let order = |quantity: i64| {
+        app.client
+            .post(app.url("/api/v1/orders"))
+            .header("authorization", writer())
+            .header("idempotency-key", "retry-1")
+            .json(&json!({"item_id": item["id"], "quantity": quantity}))
+            .send()
+    };
+    let first = order(2).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = order(2).await.unwrap();
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["id"], first["id"],
+        "the retry answers with the same order"
+    );
+    let body = assert_problem(order(1).await.unwrap(), 422).await;
+    assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+    // Stock was taken once.
+    let item: Value = app
+        .get(&format!("/api/v1/items/{}", item["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item["stock"], 3);
 }
 
 #[tokio::test]

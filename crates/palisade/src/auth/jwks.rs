@@ -204,8 +204,8 @@ impl Jwks {
             if c.key_algorithm.is_some_and(|a| format!("{a:?}") != want) {
                 continue;
             }
-            // A key of another type (an RSA key when ES256 is pinned) fails verification
-            // later; `from_jwk` refuses symmetric and malformed keys here.
+            // A key of another family (an RSA or symmetric `oct` key when ES256 is pinned)
+            // fails verification later; `from_jwk` refuses malformed keys here.
             if let Ok(key) = DecodingKey::from_jwk(jwk) {
                 keys.insert(c.key_id.as_deref().map(Box::from), Arc::new(key));
             }

@@ -282,11 +282,16 @@ impl Authenticator {
             .with_detail(e.describe())
             .with_rejection(Rejection::Unauthenticated)
             .into_response();
-        let challenge = format!(
-            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
-            self.realm,
-            e.describe()
-        );
+        let challenge = if status == StatusCode::SERVICE_UNAVAILABLE {
+            // The token was not judged: no `error`.
+            format!("Bearer realm=\"{}\"", self.realm)
+        } else {
+            format!(
+                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                self.realm,
+                e.describe()
+            )
+        };
         if let Ok(v) = HeaderValue::try_from(challenge) {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
@@ -445,7 +450,10 @@ where
                 ResponseFuture {
                     kind: Kind::AfterKeys {
                         future: Box::pin(async move {
-                            jwks.refresh().await;
+                            // On a task of its own: a client that goes away cannot cancel the
+                            // fetch (and so hold off every fetch for the cooldown).
+                            let fetch = tokio::spawn(async move { jwks.refresh().await });
+                            let _ = fetch.await;
                             match auth.decide(req.method(), req.uri().path(), req.headers()) {
                                 Decision::Pass(p) => {
                                     admit(&mut req, p);
