@@ -540,22 +540,22 @@ impl Bench {
         if let Some(c) = &mut child {
             wait_listening(port, c);
         }
-        let (url, script) = match v.server {
+        let creates = matches!(v.server, Server::Api { create: true, .. });
+        let url = match v.server {
             Server::Api { create: false, .. } => {
                 let id = seed_item(port);
-                (format!("http://127.0.0.1:{port}/api/v1/items/{id}"), None)
+                format!("http://127.0.0.1:{port}/api/v1/items/{id}")
             }
-            Server::Api { create: true, .. } => (
-                format!("http://127.0.0.1:{port}/api/v1/items"),
-                Some(self.create_script()),
-            ),
-            _ => (format!("http://127.0.0.1:{port}{BENCH_PATH}"), None),
+            Server::Api { create: true, .. } => format!("http://127.0.0.1:{port}/api/v1/items"),
+            _ => format!("http://127.0.0.1:{port}{BENCH_PATH}"),
         };
-        let script = script.as_deref();
+        // A script of its own for each wrk run: SKUs never repeat (a repeat is a 409).
+        let script = || creates.then(|| self.create_script());
         // Warm up: connections, allocator, caches.
-        let _ = wrk(&url, opts.connections, 1, script);
+        let _ = wrk(&url, opts.connections, 1, script().as_deref());
+        let script = script();
         let before = proc_cpu(pid);
-        let out = wrk(&url, opts.connections, opts.duration, script);
+        let out = wrk(&url, opts.connections, opts.duration, script.as_deref());
         let after = proc_cpu(pid);
         if let Some(c) = &mut child {
             stop(c);
