@@ -102,6 +102,8 @@ const MINIMAL_ENV: &[(&str, &str)] = &[
     ("PALISADE_TIMEOUT__ENABLED", "false"),
     ("PALISADE_IDEMPOTENCY__ENABLED", "false"),
     ("PALISADE_METRICS__ENABLED", "false"),
+    ("PALISADE_AUTH__ENABLED", "false"),
+    ("PALISADE_CACHE_CONTROL__ENABLED", "false"),
 ];
 
 const VARIANTS: &[Variant] = &[
@@ -151,6 +153,22 @@ const VARIANTS: &[Variant] = &[
         server: Server::Own("bench-palisade"),
         env: &[("PALISADE_METRICS__ENABLED", "false")],
         layer: Some("metrics (route match, counters, histograms, in-flight)"),
+        redis: false,
+    },
+    Variant {
+        name: "no-auth",
+        what: "full minus auth (no credentials sent: route lookup and header checks only)",
+        server: Server::Own("bench-palisade"),
+        env: &[("PALISADE_AUTH__ENABLED", "false")],
+        layer: Some("auth (anonymous request on a public route)"),
+        redis: false,
+    },
+    Variant {
+        name: "no-cache-control",
+        what: "full minus Cache-Control rules",
+        server: Server::Own("bench-palisade"),
+        env: &[("PALISADE_CACHE_CONTROL__ENABLED", "false")],
+        layer: Some("cache control (route lookup on GET)"),
         redis: false,
     },
     Variant {
