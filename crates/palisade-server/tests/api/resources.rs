@@ -544,3 +544,46 @@ async fn production_serves_no_api_docs_unless_enabled() {
     let app = spawn_api(&db.toml(), &with_docs).await;
     assert_eq!(app.get("/openapi.json").await.status(), 200);
 }
+
+/// `palisade db migrate` applies the embedded migrations once, on SQLite and PostgreSQL
+/// (`DATABASE_URL` honoured), and a second run applies none.
+#[tokio::test]
+async fn palisade_db_migrate_applies_the_migrations_once() {
+    for db in [TestDb::sqlite(), TestDb::postgres().await] {
+        let env: Vec<(String, String)> = match &db {
+            TestDb::Sqlite(dir) => vec![(
+                "PALISADE_DATABASE__DATA_DIR".into(),
+                dir.display().to_string(),
+            )],
+            TestDb::Postgres { url, .. } => vec![("DATABASE_URL".into(), url.clone())],
+        };
+        let run = || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+                .args(["db", "migrate"])
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .current_dir(std::env::temp_dir())
+                .output()
+                .unwrap()
+        };
+        let first = run();
+        let out = String::from_utf8_lossy(&first.stdout).into_owned();
+        assert!(
+            first.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        assert!(out.contains("2 migration(s) applied"), "{out}");
+        let second = run();
+        assert!(String::from_utf8_lossy(&second.stdout).contains("0 migration(s) applied"));
+        // The tables exist.
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&db.url()).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        conn.close().await.unwrap();
+    }
+}
