@@ -419,6 +419,10 @@ async fn jwks_keys_are_fetched_once_chosen_by_kid_and_refetched_on_rotation() {
         assert_eq!(res.status(), StatusCode::OK);
     }
     assert_eq!(doc.fetches.load(Ordering::SeqCst), 1, "the set is cached");
+    // The confusion attack: HS256 signed with the RSA public key as the secret.
+    let confused = jwt::hs256_with_rsa_public_key(&claims);
+    let res = call(&svc, "GET", "/x", &[("authorization", &bearer(&confused))]).await;
+    assert_invalid_token(res, "algorithm").await;
     // A forger reuses the kid with another key.
     let forged = jwt::rs256(jwt::RSA2_PRIVATE, Some("k1"), &claims);
     let res = call(&svc, "GET", "/x", &[("authorization", &bearer(&forged))]).await;
