@@ -193,25 +193,21 @@ fn migrate(settings: &config::Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let db = match palisade_server::db::Database::connect(&settings.database).await {
-            Ok(db) => db,
-            Err(e) => {
-                eprintln!("palisade: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match db.migrate().await {
-            Ok(n) => {
-                println!("{:?} database: {n} migration(s) applied", db.backend());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("palisade: {e}");
-                ExitCode::FAILURE
-            }
+    let migrated = runtime.block_on(async {
+        let db = palisade_server::db::Database::connect(&settings.database).await?;
+        let applied = db.migrate().await?;
+        Ok::<_, palisade_server::db::DatabaseError>((db.backend(), applied))
+    });
+    match migrated {
+        Ok((backend, n)) => {
+            println!("{backend:?} database: {n} migration(s) applied");
+            ExitCode::SUCCESS
         }
-    })
+        Err(e) => {
+            eprintln!("palisade: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(settings: &config::Settings) -> ExitCode {

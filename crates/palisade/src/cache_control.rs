@@ -182,16 +182,7 @@ impl CacheControlLayer {
                 Visibility::NoStore => "no-store",
             });
             let private_value = (r.visibility == Visibility::Public).then(|| directives("private"));
-            let vary = r
-                .vary
-                .iter()
-                .enumerate()
-                .map(|(j, name)| {
-                    HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                        ConfigError::new(format!("routes[{i}].vary[{j}]"), "not a header name")
-                    })
-                })
-                .collect::<Result<Box<[_]>, _>>()?;
+            let vary = header_names(&format!("routes[{i}].vary"), &r.vary)?;
             rules.push((
                 route,
                 Rule {
@@ -201,16 +192,7 @@ impl CacheControlLayer {
                 },
             ));
         }
-        let credential_headers = config
-            .credential_headers
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                    ConfigError::new(format!("credential_headers[{i}]"), "not a header name")
-                })
-            })
-            .collect::<Result<Box<[_]>, _>>()?;
+        let credential_headers = header_names("credential_headers", &config.credential_headers)?;
         Ok(Self {
             rules: Arc::new(Rules {
                 routes: RouteRules::new(rules),
@@ -218,6 +200,18 @@ impl CacheControlLayer {
             }),
         })
     }
+}
+
+/// Parses a configured list of header names; errors name `<key>[<index>]`.
+fn header_names(key: &str, names: &[String]) -> Result<Box<[HeaderName]>, ConfigError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| ConfigError::new(format!("{key}[{i}]"), "not a header name"))
+        })
+        .collect()
 }
 
 impl<S> Layer<S> for CacheControlLayer {

@@ -127,10 +127,7 @@ impl<T> RouteRules<T> {
 
     /// The value of the first rule matching `method` and `path`.
     pub(crate) fn find(&self, method: &http::Method, path: &str) -> Option<&T> {
-        self.0
-            .iter()
-            .find(|(route, _)| route.matches(method, path))
-            .map(|(_, value)| value)
+        self.position(method, path).map(|i| self.get(i))
     }
 }
 

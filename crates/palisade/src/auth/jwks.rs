@@ -45,7 +45,8 @@ where
 /// The longest a fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-type KeyMap = HashMap<Option<Box<str>>, Arc<DecodingKey>>;
+/// Keys by `kid`; a key published without one is stored under `""`.
+type KeyMap = HashMap<Box<str>, Arc<DecodingKey>>;
 
 #[derive(Default)]
 struct State {
@@ -101,7 +102,7 @@ impl Jwks {
         let (found, never_fetched, may_fetch, old) = {
             let s = self.state.read().unwrap_or_else(|e| e.into_inner());
             let found = match kid {
-                Some(kid) => s.keys.get(&Some(kid.into())).cloned(),
+                Some(kid) => s.keys.get(kid).cloned(),
                 // No `kid`: only unambiguous with a single key.
                 None if s.keys.len() == 1 => s.keys.values().next().cloned(),
                 None => None,
@@ -207,7 +208,7 @@ impl Jwks {
             // A key of another family (an RSA or symmetric `oct` key when ES256 is pinned)
             // fails verification later; `from_jwk` refuses malformed keys here.
             if let Ok(key) = DecodingKey::from_jwk(jwk) {
-                keys.insert(c.key_id.as_deref().map(Box::from), Arc::new(key));
+                keys.insert(c.key_id.as_deref().unwrap_or("").into(), Arc::new(key));
             }
         }
         if keys.is_empty() {

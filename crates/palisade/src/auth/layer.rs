@@ -259,11 +259,7 @@ impl Authenticator {
     }
 
     fn missing(&self) -> Response<Body> {
-        let mut res = Problem::new(StatusCode::UNAUTHORIZED)
-            .with_title("Authentication required")
-            .with_detail("This operation needs credentials: a bearer token or an API key.")
-            .with_rejection(Rejection::Unauthenticated)
-            .into_response();
+        let mut res = authentication_required().into_response();
         for c in &*self.challenges {
             res.headers_mut()
                 .append(header::WWW_AUTHENTICATE, c.clone());
@@ -316,6 +312,14 @@ impl Authenticator {
         }
         res
     }
+}
+
+/// The `401` problem for a request without credentials where they are needed.
+pub(super) fn authentication_required() -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED)
+        .with_title("Authentication required")
+        .with_detail("This operation needs credentials: a bearer token or an API key.")
+        .with_rejection(Rejection::Unauthenticated)
 }
 
 /// The token of `Bearer <token>` (scheme in any case).

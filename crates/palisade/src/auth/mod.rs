@@ -68,15 +68,13 @@ use std::sync::Arc;
 
 use axum_core::body::Body;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
-use http::{Response, StatusCode, request::Parts};
+use http::{Response, request::Parts};
 use serde::{Deserialize, Serialize};
 
 pub use api_key::{ApiKeyEntry, ApiKeysConfig, api_key_hash};
 pub use jwks::JwksFetch;
 pub use jwt::{JwtAlgorithm, JwtConfig};
 pub use layer::{Auth, AuthLayer, ResponseFuture};
-
-use crate::{problem::Problem, rejection::Rejection};
 
 /// Who may call routes that no `[[auth.routes]]` entry matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -228,11 +226,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-            let mut res = Problem::new(StatusCode::UNAUTHORIZED)
-                .with_title("Authentication required")
-                .with_detail("This operation needs credentials: a bearer token or an API key.")
-                .with_rejection(Rejection::Unauthenticated)
-                .into_response();
+            let mut res = layer::authentication_required().into_response();
             res.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
