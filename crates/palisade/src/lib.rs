@@ -107,5 +107,6 @@ pub mod request_id;
 pub mod response_time;
 pub mod security_headers;
 pub mod store;
+mod text;
 pub mod timeout;
 pub mod trusted_host;

@@ -20,6 +20,7 @@
 //! A deadline that passes makes the next read fail, and hyper closes the connection.
 
 use std::{
+    cell::RefCell,
     io,
     pin::Pin,
     sync::{
@@ -30,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::task::AtomicWaker;
+use futures_util::{future, task::AtomicWaker};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -40,7 +41,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::{Instant, Sleep},
 };
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceExt, util::Oneshot};
 
 use super::framing::HeadScan;
 
@@ -249,9 +250,14 @@ impl Drop for InProgress {
 }
 
 /// Per-connection adapter: tags requests with the peer, then calls the stack.
-#[derive(Clone)]
+///
+/// The connection owns its copy of the stack and calls it in place: hyper calls one request
+/// at a time from the connection's own task, so the `RefCell` is never borrowed twice. That
+/// saves cloning the whole stack (every layer's `Arc`s) and a `Oneshot` per request. A stack
+/// that is not ready at once (none of ours: every layer delegates `poll_ready` and the
+/// router is always ready) is cloned and driven to readiness as usual, in a box of its own.
 pub(crate) struct ConnService<S> {
-    pub(crate) svc: S,
+    pub(crate) svc: RefCell<S>,
     pub(crate) info: ConnectionInfo,
     pub(crate) state: Arc<ConnState>,
 }
@@ -262,7 +268,7 @@ where
 {
     type Response = Response<ConnBody<B>>;
     type Error = std::convert::Infallible;
-    type Future = ConnFuture<tower::util::Oneshot<S, Request<Incoming>>>;
+    type Future = ConnFuture<S::Future, Pin<Box<Oneshot<S, Request<Incoming>>>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.info);
@@ -271,9 +277,16 @@ where
                 .insert(palisade::proxy::AmbiguousFraming);
         }
         let connect = req.method() == http::Method::CONNECT;
+        let guard = Some(InProgress::start(&self.state));
+        let mut svc = self.svc.borrow_mut();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let inner = match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => future::Either::Left(svc.call(req)),
+            Poll::Pending => future::Either::Right(Box::pin(svc.clone().oneshot(req))),
+        };
         ConnFuture {
-            inner: self.svc.clone().oneshot(req),
-            guard: Some(InProgress::start(&self.state)),
+            inner,
+            guard,
             connect,
         }
     }
@@ -281,18 +294,19 @@ where
 
 pin_project! {
     /// Moves the in-progress mark from the request into its response body.
-    pub(crate) struct ConnFuture<F> {
+    pub(crate) struct ConnFuture<F, G> {
         #[pin]
-        inner: F,
+        inner: future::Either<F, G>,
         guard: Option<InProgress>,
         // A CONNECT answered 2xx is a tunnel, like a 101.
         connect: bool,
     }
 }
 
-impl<F, B> std::future::Future for ConnFuture<F>
+impl<F, G, B> std::future::Future for ConnFuture<F, G>
 where
     F: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>,
+    G: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>,
 {
     type Output = Result<Response<ConnBody<B>>, std::convert::Infallible>;
 

@@ -110,7 +110,7 @@ pub(crate) async fn serve<S, B>(
         }
         let state = Arc::new(ConnState::default());
         let service = ConnService {
-            svc: svc.clone(),
+            svc: std::cell::RefCell::new(svc.clone()),
             info: ConnectionInfo { peer, tls: false },
             state: state.clone(),
         };

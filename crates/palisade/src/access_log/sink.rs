@@ -88,7 +88,10 @@ fn emit_event(l: &Line<'_>) {
 fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
     use std::io::Write as _;
 
-    use crate::logging::{escape_json_into, timestamp};
+    use crate::{
+        logging::{escape_json_into, timestamp},
+        text::{push_3_digits, push_ip, push_u64},
+    };
     let ctx = l.ctx;
     let micros = ctx.started().elapsed().as_micros() as u64;
     out.extend_from_slice(b"{\"ts\":\"");
@@ -106,17 +109,20 @@ fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
     escape_json_into(out, ctx.route().unwrap_or("-"));
     out.extend_from_slice(b"\",\"path\":\"");
     escape_json_into(out, l.uri.path());
-    let _ = write!(
-        out,
-        "\",\"status\":{},\"duration_ms\":{}.{:03},\"request_bytes\":{},\"response_bytes\":{}",
-        l.status.as_u16(),
-        micros / 1000,
-        micros % 1000,
-        ctx.request_body_bytes(),
-        l.response_bytes
-    );
+    out.extend_from_slice(b"\",\"status\":");
+    push_u64(out, u64::from(l.status.as_u16()));
+    out.extend_from_slice(b",\"duration_ms\":");
+    push_u64(out, micros / 1000);
+    out.push(b'.');
+    push_3_digits(out, (micros % 1000) as u16);
+    out.extend_from_slice(b",\"request_bytes\":");
+    push_u64(out, ctx.request_body_bytes());
+    out.extend_from_slice(b",\"response_bytes\":");
+    push_u64(out, l.response_bytes);
     if let Some(ip) = ctx.client_ip() {
-        let _ = write!(out, ",\"client_ip\":\"{ip}\"");
+        out.extend_from_slice(b",\"client_ip\":\"");
+        push_ip(out, ip);
+        out.push(b'"');
     }
     if let Some(subject) = ctx.subject() {
         out.extend_from_slice(b",\"subject\":\"");

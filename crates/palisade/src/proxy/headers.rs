@@ -155,29 +155,13 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
 
 /// Writes `ip` in its usual text form; IPv6 in brackets and quotes when `forwarded`.
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr, forwarded: bool) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            let _ = if forwarded {
-                write!(out, "\"[{v6}]\"")
-            } else {
-                write!(out, "{v6}")
-            };
-        }
+    let v6 = forwarded && ip.is_ipv6();
+    if v6 {
+        out.extend_from_slice(b"\"[");
+    }
+    crate::text::push_ip(out, ip);
+    if v6 {
+        out.extend_from_slice(b"]\"");
     }
 }
 

@@ -1,7 +1,6 @@
 //! [`RateLimitLayer`]: decide, then call the inner service or answer 429, and write headers.
 
 use std::{
-    fmt::Write as _,
     future::Future,
     pin::Pin,
     sync::{Arc, LazyLock},
@@ -17,7 +16,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Decide, Decision, Policy, RateLimiter, StoreError};
-use crate::{context::RequestContext, error::ConfigError, problem::Problem, rejection::Rejection};
+use crate::{
+    context::RequestContext, error::ConfigError, problem::Problem, rejection::Rejection,
+    text::push_u64,
+};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -284,30 +286,40 @@ fn store_unavailable(e: &StoreError) -> Response<Body> {
 /// legacy trio for the quota closest to its limit.
 fn write_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision, legacy: bool) {
     headers.append(RATELIMIT_POLICY, policy.policy_header.clone());
-    let mut value = String::with_capacity(24 * policy.quotas.len());
+    let mut value = Vec::with_capacity(40 * policy.quotas.len());
     for (q, s) in policy.quotas.iter().zip(d.quotas()) {
         if !value.is_empty() {
-            value.push_str(", ");
+            value.extend_from_slice(b", ");
         }
-        let _ = write!(value, "\"{}\";r={};t={}", q.name, s.remaining, s.reset_secs);
+        value.push(b'"');
+        value.extend_from_slice(q.name.as_bytes());
+        value.extend_from_slice(b"\";r=");
+        push_u64(&mut value, s.remaining);
+        value.extend_from_slice(b";t=");
+        push_u64(&mut value, s.reset_secs);
     }
     headers.append(
         RATELIMIT,
         HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).expect("ASCII"),
     );
-    if legacy && !headers.contains_key(X_RATELIMIT_LIMIT) {
-        let Some((q, s)) = policy
-            .quotas
-            .iter()
-            .zip(d.quotas())
-            .min_by_key(|(_, s)| s.remaining)
-        else {
-            return;
-        };
-        headers.insert(X_RATELIMIT_LIMIT, q.limit_header.clone());
-        headers.insert(X_RATELIMIT_REMAINING, int_header(s.remaining));
-        headers.insert(X_RATELIMIT_RESET, int_header(s.reset_secs));
+    if !legacy {
+        return;
     }
+    // An inner limiter (a per-route policy) already answered for the tighter quota.
+    let http::header::Entry::Vacant(limit) = headers.entry(X_RATELIMIT_LIMIT) else {
+        return;
+    };
+    let Some((q, s)) = policy
+        .quotas
+        .iter()
+        .zip(d.quotas())
+        .min_by_key(|(_, s)| s.remaining)
+    else {
+        return;
+    };
+    limit.insert(q.limit_header.clone());
+    headers.insert(X_RATELIMIT_REMAINING, int_header(s.remaining));
+    headers.insert(X_RATELIMIT_RESET, int_header(s.reset_secs));
 }
 
 /// Header values for small integers, built once: most counters are small.
