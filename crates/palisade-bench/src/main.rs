@@ -311,6 +311,8 @@ struct Options {
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     smoke: bool,
+    /// Count instructions under callgrind instead of timing (`--instructions`).
+    instructions: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -321,6 +323,8 @@ struct Sample {
     cpu_us: f64,
     user_us: f64,
     requests: u64,
+    /// `--instructions`: user-space instructions the server executed per request.
+    instructions: f64,
     /// Responses other than 2xx/3xx: a run with any measured something else (a proxy
     /// answering 502, a limiter answering 429).
     non_2xx: u64,
@@ -341,6 +345,8 @@ struct Bench {
     upstream: Option<(Child, u16)>,
     redis: Option<(Child, String)>,
     clk_tck: f64,
+    /// `--instructions`: servers run under callgrind, their profiles written here.
+    callgrind: Option<PathBuf>,
 }
 
 fn main() {
@@ -363,8 +369,10 @@ fn main() {
                     )
             }
         })
+        // Under callgrind only palisade's own processes run (and bare axum, the baseline).
+        .filter(|v| !opts.instructions || !matches!(v.server, Server::Nginx | Server::Upstream))
         .collect();
-    let bench = Bench::start(&bin_dir, &variants);
+    let bench = Bench::start(&bin_dir, &variants, opts.instructions);
 
     eprintln!(
         "palisade-bench: {} variants x {} rounds x {} s, {} connections; server on core 0, wrk on core 1",
@@ -386,6 +394,8 @@ fn main() {
                 s.cpu_us,
                 if s.non_2xx > 0 {
                     format!("  NON-2XX {}", s.non_2xx)
+                } else if opts.instructions {
+                    format!("  (under callgrind) {:.0} instructions/req", s.instructions)
                 } else {
                     String::new()
                 }
@@ -396,7 +406,11 @@ fn main() {
     bench.stop();
 
     let medians: BTreeMap<&str, Sample> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
-    let report = render(&variants, &medians, &opts);
+    let report = if opts.instructions {
+        render_instructions(&variants, &medians, &opts)
+    } else {
+        render(&variants, &medians, &opts)
+    };
     println!("{report}");
     if let Some(out) = &opts.out {
         std::fs::write(out, &report).expect("write report");
@@ -425,6 +439,7 @@ fn parse_args() -> Options {
         only: None,
         out: None,
         smoke: false,
+        instructions: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -442,6 +457,12 @@ fn parse_args() -> Options {
             "--duration" => o.duration = val().parse().unwrap_or_else(|_| usage("--duration SECS")),
             "--connections" => {
                 o.connections = val().parse().unwrap_or_else(|_| usage("--connections N"))
+            }
+            "--instructions" => {
+                o.instructions = true;
+                o.rounds = 1;
+                o.duration = 10;
+                o.connections = 16;
             }
             "--only" => o.only = Some(val().split(',').map(str::to_owned).collect()),
             "--out" => o.out = Some(PathBuf::from(val())),
@@ -461,7 +482,7 @@ fn usage(msg: &str) -> ! {
     }
     let names: Vec<_> = VARIANTS.iter().map(|v| v.name).collect();
     eprintln!(
-        "usage: palisade-bench [--smoke] [--rounds N] [--duration SECS] [--connections N] [--only NAME,..] [--out FILE]\nvariants: {}",
+        "usage: palisade-bench [--smoke] [--instructions] [--rounds N] [--duration SECS] [--connections N] [--only NAME,..] [--out FILE]\nvariants: {}",
         names.join(", ")
     );
     std::process::exit(2);
@@ -469,10 +490,11 @@ fn usage(msg: &str) -> ! {
 
 impl Bench {
     /// Writes the configs and starts the helpers the chosen variants need.
-    fn start(bin_dir: &Path, variants: &[&Variant]) -> Self {
+    fn start(bin_dir: &Path, variants: &[&Variant], instructions: bool) -> Self {
         let log_dir = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let config = log_dir.join("bench.toml");
+        let callgrind = instructions.then(|| log_dir.join("callgrind"));
         std::fs::write(&config, BENCH_CONFIG).expect("bench config");
         let redis = variants.iter().any(|v| v.redis).then(start_redis);
         let upstream = variants
@@ -505,6 +527,7 @@ impl Bench {
             upstream,
             redis,
             clk_tck: clock_ticks(),
+            callgrind,
         }
     }
 
@@ -572,9 +595,20 @@ impl Bench {
         // Warm up: connections, allocator, caches.
         let _ = wrk(&url, opts.connections, 1, script().as_deref());
         let script = script();
+        let counted = self.callgrind.as_ref().map(|dir| {
+            let file = dir.join(format!("{}.out.1", v.name));
+            let _ = std::fs::remove_file(&file);
+            callgrind_control("--instr=on", pid);
+            file
+        });
         let before = proc_cpu(pid);
         let out = wrk(&url, opts.connections, opts.duration, script.as_deref());
         let after = proc_cpu(pid);
+        let instructions = counted.map(|file| {
+            callgrind_control("--instr=off", pid);
+            callgrind_control("--dump", pid);
+            callgrind_totals(&file)
+        });
         if let Some(c) = &mut child {
             stop(c);
         }
@@ -593,8 +627,26 @@ impl Bench {
             cpu_us: per_req((after.0 + after.1 - before.0 - before.1) as f64),
             user_us: per_req((after.0 - before.0) as f64),
             requests,
+            instructions: instructions.map_or(0.0, |n| n as f64 / requests.max(1) as f64),
             non_2xx: parse_field(&out, "Non-2xx or 3xx responses:").unwrap_or(0.0) as u64,
         }
+    }
+
+    /// `program` pinned to core 0; in `--instructions` mode under callgrind, with
+    /// instrumentation off until the measured run switches it on.
+    fn server_cmd(&self, program: PathBuf, variant: &str) -> Command {
+        let Some(dir) = &self.callgrind else {
+            return pinned(0, program);
+        };
+        let _ = std::fs::create_dir_all(dir);
+        let mut cmd = pinned(0, "valgrind");
+        cmd.args(["--tool=callgrind", "--instr-atstart=no", "--quiet"])
+            .arg(format!(
+                "--callgrind-out-file={}",
+                dir.join(format!("{variant}.out")).display()
+            ))
+            .arg(program);
+        cmd
     }
 
     /// A palisade server (`bench-palisade`, or the `palisade` binary with `config`) on core 0.
@@ -606,7 +658,7 @@ impl Bench {
         log_file: &Path,
         config: Option<&Path>,
     ) -> Child {
-        let mut cmd = pinned(0, self.bin_dir.join(bin));
+        let mut cmd = self.server_cmd(self.bin_dir.join(bin), v.name);
         cmd.env("BENCH_PORT", port.to_string())
             .env("PALISADE_SERVER__PORT", port.to_string())
             .env("PALISADE_LOG__FORMAT", "json")
@@ -620,7 +672,7 @@ impl Bench {
     /// The `palisade` API server on core 0 over a fresh database: a new SQLite directory, or
     /// the `palisade_bench` database recreated on PostgreSQL.
     fn start_api(&self, v: &Variant, postgres: bool, port: u16, log_file: &Path) -> Child {
-        let mut cmd = pinned(0, self.bin_dir.join("palisade"));
+        let mut cmd = self.server_cmd(self.bin_dir.join("palisade"), v.name);
         cmd.env("PALISADE_SERVER__PORT", port.to_string())
             .env("PALISADE_LOG__FORMAT", "json")
             .env("PALISADE_LOG__OUTPUT", log_file)
@@ -750,6 +802,43 @@ fn spawn(mut cmd: Command, what: &str) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {what} (is taskset installed?): {e}"))
 }
 
+/// `callgrind_control <what> <pid>`: switches counting on or off, or writes the profile.
+fn callgrind_control(what: &str, pid: u32) {
+    let ok = Command::new("callgrind_control")
+        .args([what, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "callgrind_control {what} {pid} failed (bench/run installs valgrind)"
+    );
+}
+
+/// The instruction total of a callgrind profile (its `totals:` line).
+fn callgrind_totals(file: &Path) -> u64 {
+    // The dump is written asynchronously by the profiled process.
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            if let Some(n) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("totals: "))
+                .and_then(|n| n.trim().parse().ok())
+            {
+                return n;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no callgrind profile at {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A throwaway `redis-server` on a free port, on the load generator's core.
 fn start_redis() -> (Child, String) {
     let port = free_port();
@@ -786,7 +875,7 @@ fn wait_listening(port: u16, child: &mut Child) {
             panic!("server exited before listening: {status}");
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
+            start.elapsed() < Duration::from_secs(60),
             "server did not listen on {port}"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -978,8 +1067,48 @@ fn median(samples: &[Sample]) -> Sample {
         cpu_us: pick(|s| s.cpu_us),
         user_us: pick(|s| s.user_us),
         requests: samples.iter().map(|s| s.requests).min().unwrap_or(0),
+        instructions: pick(|s| s.instructions),
         non_2xx: samples.iter().map(|s| s.non_2xx).max().unwrap_or(0),
     }
+}
+
+/// The `--instructions` table: user-space instructions per request, exact where the timing
+/// table is noisy, and each variant's difference from bare axum and from `full`.
+fn render_instructions(
+    variants: &[&Variant],
+    m: &BTreeMap<&str, Sample>,
+    opts: &Options,
+) -> String {
+    let bare = m.get("bare").map_or(0.0, |s| s.instructions);
+    let full = m.get("full").map(|s| s.instructions);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Instructions per request under callgrind (user space of the server process, all its threads; {} s of `wrk -c{}` after a warm-up; {}).\n",
+        opts.duration,
+        opts.connections,
+        cpu_model()
+    );
+    let _ = writeln!(
+        s,
+        "| variant | what | instructions/req | × bare | over bare | full minus this |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    for v in variants {
+        let x = m[v.name].instructions;
+        let less = full.filter(|_| v.name != "full" && v.name != "bare");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.2} | {:+.0} | {} |",
+            v.name,
+            v.what,
+            x,
+            ratio(x, bare),
+            x - bare,
+            less.map_or(String::new(), |f| format!("{:+.0}", f - x)),
+        );
+    }
+    s
 }
 
 fn render(variants: &[&Variant], m: &BTreeMap<&str, Sample>, opts: &Options) -> String {

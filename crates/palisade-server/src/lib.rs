@@ -22,6 +22,13 @@
 // than the default 128 steps of trait resolution.
 #![recursion_limit = "256"]
 
+/// The allocator of every binary that links this crate (feature `mimalloc`, on by default):
+/// a request makes a few dozen small allocations, each cheaper with mimalloc's per-thread
+/// free lists than with glibc's malloc (measured in `docs/performance.md`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod config;
 pub mod db;
 pub mod error;

@@ -73,12 +73,16 @@ impl RequestId {
 
     /// The id as text (always ASCII).
     pub fn as_str(&self) -> &str {
-        let bytes = match &self.0 {
+        // Validated as ASCII at construction.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id's ASCII bytes, without the UTF-8 check of [`as_str`](Self::as_str).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
             Repr::Generated(b) => b.as_slice(),
             Repr::Incoming(v) => v.as_bytes(),
-        };
-        // Validated as ASCII at construction.
-        std::str::from_utf8(bytes).unwrap_or_default()
+        }
     }
 
     /// The id as a header value, ready to insert.

@@ -100,9 +100,9 @@ fn format_json(out: &mut Vec<u8>, l: &Line<'_>) {
         b"\",\"level\":\"INFO\",\"target\":\"palisade::access\",\"msg\":\"request\",\"request_id\":\"",
     );
     // Ids are validated to [A-Za-z0-9._:-]: nothing to escape.
-    out.extend_from_slice(ctx.request_id().as_str().as_bytes());
+    out.extend_from_slice(ctx.request_id().as_bytes());
     out.extend_from_slice(b"\",\"correlation_id\":\"");
-    out.extend_from_slice(ctx.correlation_id().as_str().as_bytes());
+    out.extend_from_slice(ctx.correlation_id().as_bytes());
     out.extend_from_slice(b"\",\"method\":\"");
     escape_json_into(out, l.method.as_str());
     out.extend_from_slice(b"\",\"route\":\"");
