@@ -286,12 +286,22 @@ where
             if let Some(hsts) = &this.headers.hsts {
                 h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
-        } else {
-            // HSTS over plain HTTP is meaningless and may leak from a proxied upstream.
-            h.remove(header::STRICT_TRANSPORT_SECURITY);
         }
-        h.remove(header::SERVER);
-        h.remove(X_POWERED_BY);
+        // One pass over the names (a handful) instead of a hashed lookup per name removed;
+        // they are rarely there at all.
+        let strip = |name: &HeaderName| {
+            name == header::SERVER
+                || name == X_POWERED_BY
+                // HSTS over plain HTTP is meaningless and may leak from a proxied upstream.
+                || (!*this.https && name == header::STRICT_TRANSPORT_SECURITY)
+        };
+        if h.keys().any(strip) {
+            h.remove(header::SERVER);
+            h.remove(X_POWERED_BY);
+            if !*this.https {
+                h.remove(header::STRICT_TRANSPORT_SECURITY);
+            }
+        }
         Poll::Ready(Ok(res))
     }
 }
@@ -308,6 +318,34 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.key, "referrer_policy");
+    }
+
+    /// Each stripped name on its own: the one-pass scan must find any of them.
+    #[tokio::test]
+    async fn server_powered_by_and_plain_http_hsts_are_stripped_each_alone() {
+        let layer = SecurityHeadersLayer::new(&SecurityHeadersConfig::default()).unwrap();
+        for (name, https, stripped) in [
+            ("server", false, true),
+            ("x-powered-by", false, true),
+            ("x-powered-by", true, true),
+            ("strict-transport-security", false, true),
+            ("x-custom", false, false),
+        ] {
+            let mut res = Response::new(());
+            res.headers_mut()
+                .insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+            let fut = ResponseFuture {
+                inner: std::future::ready(Ok::<_, std::convert::Infallible>(res)),
+                headers: layer.headers.clone(),
+                https,
+            };
+            let res = fut.await.unwrap();
+            assert_eq!(
+                res.headers().get(name).is_none(),
+                stripped,
+                "{name} over https={https}"
+            );
+        }
     }
 
     #[test]

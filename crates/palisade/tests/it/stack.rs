@@ -177,6 +177,11 @@ async fn security_headers_keep_handler_values_and_add_hsts_only_for_https_via_tr
                 .insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
             res.headers_mut()
                 .insert("server", "upstream/1.2.3".parse().unwrap());
+            res.headers_mut()
+                .insert("x-powered-by", "Express".parse().unwrap());
+            // An upstream's own HSTS: replaced by ours over HTTPS, dropped over plain HTTP.
+            res.headers_mut()
+                .insert("strict-transport-security", "max-age=1".parse().unwrap());
             Ok::<_, Infallible>(res)
         });
     let https = [("x-forwarded-proto", "https")];
@@ -187,7 +192,14 @@ async fn security_headers_keep_handler_values_and_add_hsts_only_for_https_via_tr
         .unwrap();
     assert_eq!(res.headers()["x-frame-options"], "SAMEORIGIN");
     assert!(res.headers().get("server").is_none());
-    assert!(res.headers().contains_key("strict-transport-security"));
+    assert!(res.headers().get("x-powered-by").is_none());
+    let hsts: Vec<_> = res
+        .headers()
+        .get_all("strict-transport-security")
+        .iter()
+        .collect();
+    assert_eq!(hsts.len(), 1);
+    assert_ne!(hsts[0], "max-age=1", "ours replaces the handler's");
     let res = svc
         .oneshot(request("/", "192.0.2.1:1", &https))
         .await
@@ -196,6 +208,8 @@ async fn security_headers_keep_handler_values_and_add_hsts_only_for_https_via_tr
         !res.headers().contains_key("strict-transport-security"),
         "untrusted peer claimed https"
     );
+    assert!(res.headers().get("server").is_none());
+    assert!(res.headers().get("x-powered-by").is_none());
 }
 
 #[tokio::test]
