@@ -113,7 +113,7 @@ const fn is_id_byte(b: u8) -> bool {
 
 /// Writes a UUIDv7 (RFC 9562 §5.7) in its 8-4-4-4-12 text form.
 fn write_uuid_v7(unix_ms: u64, random: u128, out: &mut [u8; 36]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use crate::text::HEX;
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&random.to_be_bytes()[..10]);

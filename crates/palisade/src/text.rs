@@ -3,6 +3,17 @@
 
 use std::net::IpAddr;
 
+/// Lower-case hex digits by value.
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `n` as 32 lower-case hex digits (`{n:032x}`).
+pub(crate) fn push_hex_u128(out: &mut Vec<u8>, n: u128) {
+    for b in n.to_be_bytes() {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
 /// Appends `n` in decimal.
 pub(crate) fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());

@@ -268,7 +268,7 @@ impl fmt::Write for JsonEscape<'_, '_> {
 /// The one JSON string escaper: hands `push` the unescaped runs of `s` and the escape
 /// sequences between them, in order.
 fn escape_json<E>(s: &str, mut push: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use crate::text::HEX;
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let mut unicode = *b"\\u0000";

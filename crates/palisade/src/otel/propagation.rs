@@ -117,7 +117,7 @@ pub(crate) fn with_active_span<R>(f: impl FnOnce(&SpanContext) -> R) -> Option<R
 }
 
 fn format_traceparent(span: &SpanContext) -> [u8; TRACEPARENT_LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use crate::text::HEX;
     let mut buf = [b'-'; TRACEPARENT_LEN];
     buf[0] = b'0';
     buf[1] = b'0';

@@ -39,7 +39,6 @@
 //! ```
 
 use std::{
-    fmt::Write as _,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -418,21 +417,27 @@ impl Inner {
         // The algorithm is part of the key: a policy switched from one to the other never
         // reads the other's state.
         let alg = match policy.algorithm {
-            Algorithm::Gcra => 'g',
-            Algorithm::SlidingWindow => 's',
+            Algorithm::Gcra => b'g',
+            Algorithm::SlidingWindow => b's',
         };
         let n = policy.quotas.len();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash()).arg(n);
-        let mut name = String::with_capacity(self.prefix.len() + policy.name.len() + 40);
+        // `<prefix>{<policy>:<digest as 32 hex digits>}:<alg><quota index>`, written without
+        // `core::fmt` (quota indexes are single digits: at most four quotas).
+        let mut name = Vec::with_capacity(self.prefix.len() + policy.name.len() + 40);
+        name.extend_from_slice(self.prefix.as_bytes());
+        name.push(b'{');
+        name.extend_from_slice(policy.name.as_bytes());
+        name.push(b':');
+        crate::text::push_hex_u128(&mut name, key.0);
+        name.extend_from_slice(b"}:");
+        name.push(alg);
+        let stem = name.len();
         for i in 0..n {
-            name.clear();
-            let _ = write!(
-                name,
-                "{}{{{}:{:032x}}}:{alg}{i}",
-                self.prefix, policy.name, key.0
-            );
-            cmd.arg(name.as_str());
+            name.truncate(stem);
+            crate::text::push_u64(&mut name, i as u64);
+            cmd.arg(name.as_slice());
         }
         cmd.arg(match policy.algorithm {
             Algorithm::Gcra => 0,

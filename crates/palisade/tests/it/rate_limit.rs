@@ -305,6 +305,29 @@ mod redis {
         let res = get(&b, "/", "192.0.2.1:1000", &[]).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(header(&res, "retry-after"), "1");
+        // One key for the client, in the documented shape (hash tag around policy and digest).
+        let mut conn = ::redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg("palisade:test:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let digest = keys[0]
+            .strip_prefix("palisade:test:{default:")
+            .and_then(|k| k.strip_suffix("}:g0"))
+            .unwrap_or_else(|| panic!("unexpected key {:?}", keys[0]));
+        assert_eq!(digest.len(), 32, "{digest}");
+        assert!(
+            digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{digest}"
+        );
         // The sliding window through the script: 3 per minute, across both instances.
         let mut config = cell_config();
         config.policies.insert(
