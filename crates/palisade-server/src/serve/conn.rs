@@ -57,6 +57,8 @@ pub(crate) struct ConnState {
     /// Switched protocols (`101`, a WebSocket): the socket now belongs to the upgrade, and
     /// HTTP deadlines no longer apply.
     upgraded: AtomicBool,
+    /// The connection speaks HTTP/2 (its preface was read).
+    h2: AtomicBool,
     /// The head just read had both `Content-Length` and `Transfer-Encoding` (gateway mode
     /// only; see [`framing`](super::framing)); taken by the request it belongs to.
     ambiguous_framing: AtomicBool,
@@ -158,6 +160,7 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
                 if std::mem::take(this.first_read) && buf.filled()[before..].starts_with(b"PRI ") {
                     // The HTTP/2 preface: from now on only the idle deadline applies.
                     *this.h2 = true;
+                    this.state.h2.store(true, Ordering::Relaxed);
                     *this.phase = Phase::Idle;
                     *this.deadline = Instant::now() + *this.keep_alive;
                     *this.scan = None;
@@ -251,11 +254,16 @@ impl Drop for InProgress {
 
 /// Per-connection adapter: tags requests with the peer, then calls the stack.
 ///
-/// The connection owns its copy of the stack and calls it in place: hyper calls one request
-/// at a time from the connection's own task, so the `RefCell` is never borrowed twice. That
-/// saves cloning the whole stack (every layer's `Arc`s) and a `Oneshot` per request. A stack
-/// that is not ready at once (none of ours: every layer delegates `poll_ready` and the
-/// router is always ready) is cloned and driven to readiness as usual, in a box of its own.
+/// HTTP/1: the connection owns its copy of the stack and calls it in place. `call` is
+/// synchronous and the future it returns borrows nothing, so the `RefCell` is never borrowed
+/// twice. That saves cloning the whole stack (every layer's `Arc`s) and a `Oneshot` per
+/// request. A stack that is not ready at once (none of ours: every layer delegates
+/// `poll_ready` and the router is always ready) is driven to readiness as usual: the copy
+/// that may hold a reservation goes with the request (a fresh clone stays behind), so no
+/// reservation is stranded behind the no-op waker.
+///
+/// HTTP/2 keeps the usual clone and `Oneshot` per stream: the layers' `call` then runs in
+/// the stream's own task, where a panic ends that stream, not every stream of the connection.
 pub(crate) struct ConnService<S> {
     pub(crate) svc: RefCell<S>,
     pub(crate) info: ConnectionInfo,
@@ -279,10 +287,18 @@ where
         let connect = req.method() == http::Method::CONNECT;
         let guard = Some(InProgress::start(&self.state));
         let mut svc = self.svc.borrow_mut();
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let inner = match svc.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => future::Either::Left(svc.call(req)),
-            Poll::Pending => future::Either::Right(Box::pin(svc.clone().oneshot(req))),
+        let inner = if self.state.h2.load(Ordering::Relaxed) {
+            future::Either::Right(Box::pin(svc.clone().oneshot(req)))
+        } else {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match svc.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => future::Either::Left(svc.call(req)),
+                Poll::Pending => {
+                    let fresh = svc.clone();
+                    let reserved = std::mem::replace(&mut *svc, fresh);
+                    future::Either::Right(Box::pin(reserved.oneshot(req)))
+                }
+            }
         };
         ConnFuture {
             inner,

@@ -224,3 +224,30 @@ async fn the_rfc_7239_forwarded_header_is_used_when_configured() {
     assert_eq!(body["client_ip"], "198.51.100.4");
     assert_eq!(body["https"], true);
 }
+
+/// HTTP/2 with prior knowledge: concurrent streams on one connection each get the whole
+/// stack (their own request id, security headers, a problem for an unknown path).
+#[tokio::test]
+async fn http2_streams_on_one_connection_each_get_the_stack() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let (a, b, c) = tokio::join!(
+        client.get(app.url("/whoami")).send(),
+        client.get(app.url("/whoami")).send(),
+        client.get(app.url("/no-such-path")).send(),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    for res in [&a, &b, &c] {
+        assert_eq!(res.version(), reqwest::Version::HTTP_2);
+        assert!(is_uuid_v7(res.headers()["x-request-id"].to_str().unwrap()));
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    }
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 200);
+    assert_ne!(a.headers()["x-request-id"], b.headers()["x-request-id"]);
+    assert_eq!(c.status(), 404);
+    assert_eq!(c.headers()["content-type"], "application/problem+json");
+}
