@@ -4,10 +4,9 @@
 //! line, costs microseconds per request. [`BatchWriter`] appends each formatted line to a
 //! shared buffer (one short, uncontended lock) and a background thread writes the whole
 //! buffer every `flush_interval`, or sooner once it holds 256 KiB (or a quarter of
-//! `max_buffer`, if less), in `write`s of at most
-//! 64 KiB (cheaper per byte in the kernel than larger ones, and never a long stall of the
-//! core the server runs on). Memory is bounded:
-//! at `max_buffer` bytes producers wait for the writer instead of growing the buffer, so lines
+//! `max_buffer`, if less), in `write`s of at most 64 KiB (cheaper per byte in the kernel than
+//! larger ones, and never a long stall of the core the server runs on). Memory is bounded: at
+//! `max_buffer` bytes producers wait for the writer instead of growing the buffer, so lines
 //! are never dropped and never pile up without limit. Dropping the [`BatchWriterGuard`]
 //! flushes what is left and stops the thread.
 //!

@@ -424,7 +424,7 @@ impl Inner {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash()).arg(n);
         // `<prefix>{<policy>:<digest as 32 hex digits>}:<alg><quota index>`, written without
-        // `core::fmt` (quota indexes are single digits: at most four quotas).
+        // `core::fmt`: the stem once, then each quota's index after it.
         let mut name = Vec::with_capacity(self.prefix.len() + policy.name.len() + 40);
         name.extend_from_slice(self.prefix.as_bytes());
         name.push(b'{');
