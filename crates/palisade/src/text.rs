@@ -7,6 +7,7 @@ use std::net::IpAddr;
 pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `n` as 32 lower-case hex digits (`{n:032x}`).
+#[cfg(feature = "redis")]
 pub(crate) fn push_hex_u128(out: &mut Vec<u8>, n: u128) {
     for b in n.to_be_bytes() {
         out.push(HEX[usize::from(b >> 4)]);

@@ -1,20 +1,27 @@
-//! The in-memory store: sharded, bounded, O(1) per decision.
+//! The in-memory store: sharded, fixed-size, O(1) per decision.
 //!
 //! Keys are spread over many independently locked shards (no global lock; a shard lock is
-//! held for a few hash lookups). Each shard keeps two generations of entries: lookups read
-//! the current one, then the previous one (moving the entry forward). The previous
-//! generation is dropped wholesale when the current one fills half the shard's share of
-//! `max_keys`, or when it is older than the longest time a key's state can matter (two
-//! windows; a GCRA bucket's refill time; at least two minutes), so everything dropped is idle. So idle keys are evicted without a
-//! sweep, memory never exceeds `max_keys` entries, and each decision stays O(1).
+//! held for one or a few bucket scans). Each shard owns a fixed table of buckets, allocated
+//! once and never resized: a bucket is eight 32-byte slots (key, two words of state, and the
+//! instant the state stops mattering), 256 bytes on four adjacent cache lines of one page,
+//! read in parallel. A key lives only in the bucket its hash names, so a decision reads one
+//! bucket per quota: no probing, no rehashing, no sweep, whatever the number of clients.
 //!
-//! At the cap, the keys least recently seen (the previous generation) are forgotten: those
-//! clients start again with a full quota. Size `max_keys` so this happens only under attack
-//! (one entry per client and quota: about 24 bytes plus map overhead, ≤ 64 bytes).
+//! A slot whose state no longer matters (GCRA: the bucket has refilled; sliding window: two
+//! windows have passed) is *idle*: it answers like an empty one and is reused by the next
+//! new key of its bucket. So idle clients are evicted as a side effect of new ones arriving.
+//!
+//! **At the cap.** The table holds `max_keys` slots (rounded up to whole buckets). When a
+//! new key's bucket has eight clients whose state still matters, the one nearest to idle is
+//! forgotten — for GCRA, the one owing the least — and starts again with a full quota;
+//! [`MemoryStore::forgotten`] counts these. Buckets fill unevenly, so this starts before
+//! `max_keys` clients are live at once: with live clients in half the slots, about 0.8% of
+//! new ones forget someone; in three quarters, 5%; in all, 14%. Size `max_keys` at about
+//! twice the clients whose state matters at once (GCRA: those still paying off requests;
+//! sliding window: those seen within two windows). Memory is exactly 32 bytes per slot,
+//! touched as clients arrive: 32 MiB for the default million.
 
 use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -29,8 +36,15 @@ use super::{
     store::{Decide, Decision, RateLimitStore},
 };
 
-/// Default `max_keys`: one million tracked (client, quota) pairs, ≤ 64 MiB.
+/// Default `max_keys`: one million tracked (client, quota) pairs, 32 MiB.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Slots per bucket.
+const WAYS: usize = 8;
+/// Words per slot: key, state `a`, state `b`, idle-at.
+const SLOT_WORDS: usize = 4;
+/// Words per bucket (256 bytes: four cache lines, never across a page boundary).
+const BUCKET_WORDS: usize = WAYS * SLOT_WORDS;
 
 /// The store's clock: the system's monotonic clock, or a manual one for tests.
 #[derive(Debug, Clone)]
@@ -72,32 +86,107 @@ impl ManualClock {
 pub struct MemoryStore {
     shards: Box<[Shard]>,
     shard_mask: usize,
-    /// Entries per generation per shard before the previous generation is dropped.
-    generation_cap: usize,
-    /// A generation older than this holds only idle entries (ns).
-    rotate_after: AtomicU64,
+    /// Live clients forgotten because their bucket was full.
+    forgotten: AtomicU64,
     clock: Clock,
 }
 
 /// Pads each shard to its own cache line so neighbouring locks do not share one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(64))]
-struct Shard(Mutex<Generations>);
+struct Shard(Mutex<Table>);
 
-type Map = HashMap<u64, State, BuildHasherDefault<PreHashed>>;
-
-#[derive(Debug, Default)]
-struct Generations {
-    current: Map,
-    previous: Map,
-    /// When `current` was started.
-    started: u64,
+/// One shard's buckets: `BUCKET_WORDS` words each, the first at `words[base]`.
+#[derive(Debug)]
+struct Table {
+    /// Zeroed on allocation (the OS's lazily mapped zero pages: untouched buckets cost no
+    /// resident memory). A key of 0 marks an empty slot.
+    words: Box<[u64]>,
+    /// Offset of the first bucket, so that buckets are aligned to their size.
+    base: usize,
+    /// Number of buckets.
+    buckets: u64,
 }
 
-impl Generations {
-    fn rotate(&mut self, now: u64) {
-        self.previous = std::mem::take(&mut self.current);
-        self.started = now;
+/// Where a slot of a bucket is, as a word index into [`Table::words`].
+type SlotAt = usize;
+
+impl Table {
+    fn new(buckets: usize) -> Self {
+        // `vec![0; n]` asks the allocator for zeroed memory: no page is written here.
+        let words = vec![0u64; (buckets + 1) * BUCKET_WORDS].into_boxed_slice();
+        let align = BUCKET_WORDS * size_of::<u64>();
+        let misalign = words.as_ptr() as usize % align;
+        let base = (align - misalign) % align / size_of::<u64>();
+        Self {
+            words,
+            base,
+            buckets: buckets as u64,
+        }
+    }
+
+    /// The first word of `key`'s bucket.
+    fn bucket(&self, key: u64) -> usize {
+        // Multiply-shift: the product's top bits depend on every bit of `key`, so even a
+        // digest weaker than SipHash spreads evenly; then map 32 of them onto the buckets.
+        let h = key.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 32;
+        self.base + ((h * self.buckets) >> 32) as usize * BUCKET_WORDS
+    }
+
+    /// The slot holding `key`, if any.
+    fn find(&self, key: u64) -> Option<SlotAt> {
+        let b = self.bucket(key);
+        let bucket = &self.words[b..b + BUCKET_WORDS];
+        (0..WAYS)
+            .find(|&w| bucket[w * SLOT_WORDS] == key)
+            .map(|w| b + w * SLOT_WORDS)
+    }
+
+    fn state(&self, at: SlotAt) -> State {
+        State {
+            a: self.words[at + 1],
+            b: self.words[at + 2],
+        }
+    }
+
+    /// Stores `key`'s state, reusing its slot, else an empty or idle one, else forgetting
+    /// the client nearest to idle — never one of `keep` (the other quotas of this decision).
+    /// Returns whether a client whose state still mattered was forgotten.
+    fn put(&mut self, key: u64, state: State, idle_at: u64, keep: &[u64], now: u64) -> bool {
+        if let Some(at) = self.find(key) {
+            self.words[at + 1] = state.a;
+            self.words[at + 2] = state.b;
+            self.words[at + 3] = idle_at;
+            return false;
+        }
+        let b = self.bucket(key);
+        let mut victim = None;
+        let mut victim_idle_at = u64::MAX;
+        for w in 0..WAYS {
+            let at = b + w * SLOT_WORDS;
+            let (k, idle) = (self.words[at], self.words[at + 3]);
+            if k == 0 || idle <= now {
+                victim = Some((at, false));
+                break;
+            }
+            if idle < victim_idle_at && !keep.contains(&k) {
+                victim = Some((at, true));
+                victim_idle_at = idle;
+            }
+        }
+        // `keep` holds at most `MAX_QUOTAS - 1` keys other than `key`, which is not in the
+        // bucket: one of the eight slots is always free to take.
+        let (at, live) = victim.expect("a bucket has more slots than quotas");
+        self.words[at..at + SLOT_WORDS].copy_from_slice(&[key, state.a, state.b, idle_at]);
+        live
+    }
+
+    /// Slots holding a key (live or idle).
+    fn held(&self) -> usize {
+        self.words[self.base..]
+            .chunks_exact(SLOT_WORDS)
+            .filter(|slot| slot[0] != 0)
+            .count()
     }
 }
 
@@ -107,16 +196,18 @@ impl MemoryStore {
         Self::with_max_keys(DEFAULT_MAX_KEYS)
     }
 
-    /// A store tracking at most `max_keys` (client, quota) pairs (at least 1 024).
+    /// A store of `max_keys` slots for (client, quota) pairs (at least 1 024, rounded up to
+    /// whole buckets): 32 bytes each.
     pub fn with_max_keys(max_keys: usize) -> Self {
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         let shards = (parallelism * 16).next_power_of_two().clamp(16, 1024);
-        let max_keys = max_keys.max(1024);
+        let buckets_per_shard = max_keys.max(1024).div_ceil(WAYS * shards);
         Self {
-            shards: (0..shards).map(|_| Shard::default()).collect(),
+            shards: (0..shards)
+                .map(|_| Shard(Mutex::new(Table::new(buckets_per_shard))))
+                .collect(),
             shard_mask: shards - 1,
-            generation_cap: (max_keys / shards / 2).max(8),
-            rotate_after: AtomicU64::new(120 * 1_000_000_000),
+            forgotten: AtomicU64::new(0),
             clock: Clock::System(Instant::now()),
         }
     }
@@ -127,20 +218,25 @@ impl MemoryStore {
         self
     }
 
-    /// Keys currently held (both generations, so an upper bound on live keys).
+    /// Keys held, live or idle (an idle key's slot is reused by the next new key of its
+    /// bucket): an upper bound on the clients being tracked. Scans the whole table.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                let g = s.0.lock().unwrap_or_else(PoisonError::into_inner);
-                g.current.len() + g.previous.len()
-            })
+            .map(|s| s.0.lock().unwrap_or_else(PoisonError::into_inner).held())
             .sum()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Clients forgotten while their state still mattered, because their bucket was full
+    /// of such clients (see the [module docs](self)). Non-zero means `max_keys` is too small
+    /// for the traffic, or many clients are being made up.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten.load(Ordering::Relaxed)
     }
 
     /// The decision at the store clock's current time.
@@ -150,48 +246,27 @@ impl MemoryStore {
         let shard = &self.shards[((key.0 >> 96) as usize) & self.shard_mask];
         let n = policy.quotas.len();
         let mut keys = [0u64; MAX_QUOTAS];
-        let mut next = [State::default(); MAX_QUOTAS];
-        let mut g = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if now.saturating_sub(g.started) >= self.rotate_after.load(Ordering::Relaxed) {
-            // Both generations are idle by now: drop the older one.
-            g.rotate(now);
-        }
-        // Where each quota's entry was found: 0 nowhere, 1 current, 2 previous.
-        let mut found = [0u8; MAX_QUOTAS];
+        let mut next = [(State::default(), 0u64); MAX_QUOTAS];
+        let mut table = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
         let decision = Decision::from_parts((0..n).map(|i| {
-            keys[i] = short ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let state = match g.current.get(&keys[i]) {
-                Some(s) => {
-                    found[i] = 1;
-                    *s
-                }
-                None => match g.previous.get(&keys[i]) {
-                    Some(s) => {
-                        found[i] = 2;
-                        *s
-                    }
-                    None => State::default(),
-                },
-            };
+            // Non-zero: 0 marks an empty slot.
+            keys[i] = (short ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+            let state = table
+                .find(keys[i])
+                .map_or(State::default(), |at| table.state(at));
             let v = policy.verdict(i, state, now);
-            next[i] = v.next;
+            next[i] = (v.next, now.saturating_add(v.ttl));
             (v.allowed, v.remaining, v.reset, v.retry_after)
         }));
         if decision.allowed {
+            let mut forgotten = 0;
             for i in 0..n {
-                if found[i] == 1 {
-                    if let Some(slot) = g.current.get_mut(&keys[i]) {
-                        *slot = next[i];
-                        continue;
-                    }
-                }
-                if found[i] == 2 {
-                    g.previous.remove(&keys[i]);
-                }
-                if g.current.len() >= self.generation_cap {
-                    g.rotate(now);
-                }
-                g.current.insert(keys[i], next[i]);
+                let (state, idle_at) = next[i];
+                forgotten += u64::from(table.put(keys[i], state, idle_at, &keys[..n], now));
+            }
+            drop(table);
+            if forgotten > 0 {
+                self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
             }
         }
         decision
@@ -207,33 +282,6 @@ impl Default for MemoryStore {
 impl RateLimitStore for MemoryStore {
     fn decide(&self, policy: &Arc<Policy>, key: KeyDigest) -> Decide {
         Decide::Ready(Ok(self.decide_now(policy, key)))
-    }
-
-    /// Makes sure idle eviction never drops state that could still matter for `policy`.
-    fn register(&self, policy: &Policy) {
-        self.rotate_after
-            .fetch_max(policy.state_lifetime(), Ordering::Relaxed);
-    }
-}
-
-/// Keys are already SipHash digests: hashing them again is wasted work.
-#[derive(Debug, Default, Clone, Copy)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; fold anything else in for completeness.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
@@ -255,7 +303,6 @@ mod tests {
         let clock = ManualClock::new();
         let store = MemoryStore::new().with_clock(Clock::Manual(clock.clone()));
         let p = policy(Algorithm::SlidingWindow, &[(3, 1), (5, 60)]);
-        store.register(&p);
         let k = KeyDigest(42);
         let allowed = |n| (0..n).filter(|_| store.decide_now(&p, k).allowed).count();
         assert_eq!(allowed(10), 3);
@@ -272,30 +319,77 @@ mod tests {
         assert!(d.retry_after_secs > 1);
     }
 
+    /// Spreads `i` the way SipHash digests spread.
+    fn spread(i: u64) -> KeyDigest {
+        KeyDigest(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+    }
+
     #[test]
-    fn keys_are_bounded_and_idle_ones_evicted() {
+    fn keys_are_bounded_and_idle_ones_make_room_without_forgetting_anyone() {
         let clock = ManualClock::new();
         let store = MemoryStore::with_max_keys(4096).with_clock(Clock::Manual(clock.clone()));
-        let p = policy(Algorithm::Gcra, &[(10, 1)]);
-        store.register(&p);
-        for i in 0..100_000u128 {
-            store.decide_now(
-                &p,
-                KeyDigest(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
-            );
+        // One per hour: every client stays live for an hour.
+        let p = policy(Algorithm::Gcra, &[(1, 3600)]);
+        for i in 0..100_000 {
+            assert!(store.decide_now(&p, spread(i)).allowed);
         }
         assert!(store.len() <= 4096, "{} keys held", store.len());
-        // Two idle periods later, every touched shard has dropped the old keys.
-        let touch_every_shard = || {
-            for i in 0..1024u128 {
-                store.decide_now(&p, KeyDigest(i << 96));
-            }
+        assert!(store.forgotten() >= 100_000 - 4096, "{}", store.forgotten());
+        // An hour later every one of them is idle: new clients take their slots and no
+        // live client is forgotten.
+        clock.advance(Duration::from_secs(3600));
+        let before = store.forgotten();
+        for i in 1_000_000..1_000_256 {
+            assert!(store.decide_now(&p, spread(i)).allowed);
+        }
+        assert_eq!(store.forgotten(), before);
+        assert!(store.len() <= 4096, "{} keys held", store.len());
+        // And each new client was remembered: its second request is refused.
+        for i in 1_000_000..1_000_256 {
+            assert!(!store.decide_now(&p, spread(i)).allowed, "client {i}");
+        }
+    }
+
+    #[test]
+    fn at_the_cap_the_client_nearest_to_idle_is_forgotten() {
+        // The clock stands still: everyone's state still matters.
+        let store = MemoryStore::with_max_keys(1024).with_clock(Clock::Manual(ManualClock::new()));
+        // 1 per second, a bucket of 10.
+        let q = QuotaConfig::new(10, Duration::from_secs(10)).burst(9);
+        let p = Policy::compile("t", 1, &PolicyConfig::new(Algorithm::Gcra, [q])).unwrap();
+        // Nine clients of one bucket of one shard.
+        let where_is = |k: KeyDigest| {
+            let shard = ((k.0 >> 96) as usize) & store.shard_mask;
+            (
+                shard,
+                store.shards[shard].0.lock().unwrap().bucket(k.short() | 1),
+            )
         };
-        clock.advance(Duration::from_secs(121));
-        touch_every_shard();
-        clock.advance(Duration::from_secs(121));
-        touch_every_shard();
-        assert!(store.len() <= 1024, "{} keys held", store.len());
+        let same: Vec<KeyDigest> = (0..)
+            .map(spread)
+            .filter(|&k| where_is(k) == where_is(spread(0)))
+            .take(WAYS + 1)
+            .collect();
+        let client = |j: usize| same[j - 1];
+        // Clients 1..=8 fill the bucket, owing these many intervals; client 2 the least.
+        let owed = [5, 1, 3, 4, 6, 7, 8, 2];
+        for (j, &n) in (1..).zip(&owed) {
+            for _ in 0..n {
+                assert!(store.decide_now(&p, client(j)).allowed);
+            }
+        }
+        assert_eq!(store.forgotten(), 0);
+        // A ninth client: the bucket is full of live clients.
+        assert_eq!(store.decide_now(&p, client(9)).quotas()[0].remaining, 9);
+        assert_eq!(store.forgotten(), 1);
+        let remaining = |j| store.decide_now(&p, client(j)).quotas()[0].remaining;
+        for (j, &n) in (1..).zip(&owed).filter(|&(j, _)| j != 2) {
+            assert_eq!(remaining(j), 10 - n - 1, "client {j} is remembered");
+        }
+        assert_eq!(remaining(9), 8, "client 9 is remembered");
+        assert_eq!(store.forgotten(), 1);
+        // Client 2 starts again with a full bucket (and, arriving last, forgets someone).
+        assert_eq!(remaining(2), 9, "client 2 was forgotten");
     }
 
     #[test]
@@ -306,7 +400,6 @@ mod tests {
         let store = MemoryStore::with_max_keys(1 << 20).with_clock(Clock::Manual(clock.clone()));
         let q = QuotaConfig::new(1, Duration::from_secs(3600)).burst(23);
         let p = Policy::compile("t", 1, &PolicyConfig::new(Algorithm::Gcra, [q])).unwrap();
-        store.register(&p);
         let k = KeyDigest(99);
         assert_eq!(
             (0..30).filter(|_| store.decide_now(&p, k).allowed).count(),

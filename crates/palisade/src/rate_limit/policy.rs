@@ -226,16 +226,6 @@ impl Policy {
         }
     }
 
-    /// How long after its last update a key's state can still change a decision, ns: two
-    /// windows for the sliding window, the bucket's refill time for GCRA.
-    pub(crate) fn state_lifetime(&self) -> u64 {
-        self.quotas
-            .iter()
-            .map(|q| (2 * q.spec.window).max(q.spec.capacity))
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Runs this policy's algorithm for one quota.
     pub(crate) fn verdict(&self, quota: usize, state: State, now: u64) -> Verdict {
         let spec = &self.quotas[quota].spec;
