@@ -137,9 +137,13 @@ impl Table {
     fn find(&self, key: u64) -> Option<SlotAt> {
         let b = self.bucket(key);
         let bucket = &self.words[b..b + BUCKET_WORDS];
-        (0..WAYS)
-            .find(|&w| bucket[w * SLOT_WORDS] == key)
-            .map(|w| b + w * SLOT_WORDS)
+        // Compare all eight keys without a branch per slot (which slot matches is random,
+        // so a branch per slot would be mispredicted), then pick the match.
+        let mut matches = 0u32;
+        for w in 0..WAYS {
+            matches |= u32::from(bucket[w * SLOT_WORDS] == key) << w;
+        }
+        (matches != 0).then(|| b + matches.trailing_zeros() as usize * SLOT_WORDS)
     }
 
     fn state(&self, at: SlotAt) -> State {
@@ -149,11 +153,22 @@ impl Table {
         }
     }
 
-    /// Stores `key`'s state, reusing its slot, else an empty or idle one, else forgetting
-    /// the client nearest to idle — never one of `keep` (the other quotas of this decision).
-    /// Returns whether a client whose state still mattered was forgotten.
-    fn put(&mut self, key: u64, state: State, idle_at: u64, keep: &[u64], now: u64) -> bool {
-        if let Some(at) = self.find(key) {
+    /// Stores `key`'s state, reusing its slot (`found`, if it still holds `key`), else an
+    /// empty or idle one, else forgetting the client nearest to idle — never one of `keep`
+    /// (the other quotas of this decision). Returns whether a client whose state still
+    /// mattered was forgotten.
+    fn put(
+        &mut self,
+        key: u64,
+        found: Option<SlotAt>,
+        next: (State, u64),
+        keep: &[u64],
+        now: u64,
+    ) -> bool {
+        let (state, idle_at) = next;
+        // An earlier quota of the same decision may have taken the slot if it was idle.
+        let found = found.filter(|&at| self.words[at] == key);
+        if let Some(at) = found.or_else(|| self.find(key)) {
             self.words[at + 1] = state.a;
             self.words[at + 2] = state.b;
             self.words[at + 3] = idle_at;
@@ -247,13 +262,13 @@ impl MemoryStore {
         let n = policy.quotas.len();
         let mut keys = [0u64; MAX_QUOTAS];
         let mut next = [(State::default(), 0u64); MAX_QUOTAS];
+        let mut found = [None; MAX_QUOTAS];
         let mut table = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
         let decision = Decision::from_parts((0..n).map(|i| {
             // Non-zero: 0 marks an empty slot.
             keys[i] = (short ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
-            let state = table
-                .find(keys[i])
-                .map_or(State::default(), |at| table.state(at));
+            found[i] = table.find(keys[i]);
+            let state = found[i].map_or(State::default(), |at| table.state(at));
             let v = policy.verdict(i, state, now);
             next[i] = (v.next, now.saturating_add(v.ttl));
             (v.allowed, v.remaining, v.reset, v.retry_after)
@@ -261,8 +276,7 @@ impl MemoryStore {
         if decision.allowed {
             let mut forgotten = 0;
             for i in 0..n {
-                let (state, idle_at) = next[i];
-                forgotten += u64::from(table.put(keys[i], state, idle_at, &keys[..n], now));
+                forgotten += u64::from(table.put(keys[i], found[i], next[i], &keys[..n], now));
             }
             drop(table);
             if forgotten > 0 {
