@@ -532,6 +532,9 @@ impl Bench {
     }
 
     fn stop(mut self) {
+        if let Some(dir) = &self.callgrind {
+            keep_profiles(dir);
+        }
         let _ = std::fs::remove_dir_all(&self.log_dir);
         for (child, _) in self.redis.iter_mut() {
             stop(child);
@@ -1213,4 +1216,21 @@ fn cpu_model() -> String {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Copies the callgrind profiles of an `--instructions` run to `target/callgrind/` (replacing
+/// the last run's), for `callgrind_annotate --inclusive=yes target/callgrind/<variant>.out.1`.
+fn keep_profiles(dir: &Path) {
+    let keep = Path::new("target/callgrind");
+    let _ = std::fs::remove_dir_all(keep);
+    if std::fs::create_dir_all(keep).is_err() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+    }
+    eprintln!("callgrind profiles kept in {}", keep.display());
 }

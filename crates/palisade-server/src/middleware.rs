@@ -222,6 +222,10 @@ where
         // 12. Load shedding: the concurrency limit and its queue, before any work that costs
         //    (a Redis round trip for the rate limit, the handler); health paths exempt.
         .layer(option_layer(load_shed))
+        // The future of everything below, boxed: each layer's call returns its future by
+        // value, wrapping the one below, so without a box here the layers above would copy
+        // an ever larger future on their way out (an allocation costs less than those copies).
+        .layer(tower::util::MapFutureLayer::new(Box::pin))
         // 13. Auth: credentials checked and the subject recorded before the rate limit and
         //     idempotency key on it; inside load shedding, since a JWKS fetch may wait. Its
         //     401/403s pass through the access log, CORS and security headers above.
