@@ -114,6 +114,7 @@ type SlotAt = usize;
 impl Table {
     fn new(buckets: usize) -> Self {
         // `vec![0; n]` asks the allocator for zeroed memory: no page is written here.
+        // One bucket of slack: aligning the first bucket skips at most one bucket less a word.
         let words = vec![0u64; (buckets + 1) * BUCKET_WORDS].into_boxed_slice();
         let align = BUCKET_WORDS * size_of::<u64>();
         let misalign = words.as_ptr() as usize % align;
@@ -361,6 +362,27 @@ mod tests {
         // And each new client was remembered: its second request is refused.
         for i in 1_000_000..1_000_256 {
             assert!(!store.decide_now(&p, spread(i)).allowed, "client {i}");
+        }
+    }
+
+    #[test]
+    fn every_bucket_is_aligned_and_inside_the_allocation() {
+        // Allocations of many sizes, so their addresses fall at many offsets from 256.
+        let tables: Vec<Table> = (1..200).map(Table::new).collect();
+        for (t, buckets) in tables.iter().zip(1..) {
+            let first = t.words.as_ptr() as usize + t.base * size_of::<u64>();
+            assert_eq!(first % (BUCKET_WORDS * size_of::<u64>()), 0);
+            assert!(
+                t.base + buckets * BUCKET_WORDS <= t.words.len(),
+                "{buckets} buckets"
+            );
+            // Keys reach the last bucket, and it can be read.
+            let last = (0..20_000u64)
+                .map(|i| t.bucket(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1))
+                .max()
+                .unwrap();
+            assert_eq!(last, t.base + (buckets - 1) * BUCKET_WORDS);
+            assert_eq!(t.find(u64::MAX), None);
         }
     }
 
