@@ -166,13 +166,10 @@ impl Table {
         keep: &[u64],
         now: u64,
     ) -> bool {
-        let (state, idle_at) = next;
         // An earlier quota of the same decision may have taken the slot if it was idle.
         let found = found.filter(|&at| self.words[at] == key);
         if let Some(at) = found.or_else(|| self.find(key)) {
-            self.words[at + 1] = state.a;
-            self.words[at + 2] = state.b;
-            self.words[at + 3] = idle_at;
+            self.write(at, key, next);
             return false;
         }
         let b = self.bucket(key);
@@ -193,13 +190,18 @@ impl Table {
         // `keep` holds at most `MAX_QUOTAS - 1` keys other than `key`, which is not in the
         // bucket: one of the eight slots is always free to take.
         let (at, live) = victim.expect("a bucket has more slots than quotas");
-        self.words[at..at + SLOT_WORDS].copy_from_slice(&[key, state.a, state.b, idle_at]);
+        self.write(at, key, next);
         live
+    }
+
+    fn write(&mut self, at: SlotAt, key: u64, (state, idle_at): (State, u64)) {
+        self.words[at..at + SLOT_WORDS].copy_from_slice(&[key, state.a, state.b, idle_at]);
     }
 
     /// Slots holding a key (live or idle).
     fn held(&self) -> usize {
-        self.words[self.base..]
+        let end = self.base + self.buckets as usize * BUCKET_WORDS;
+        self.words[self.base..end]
             .chunks_exact(SLOT_WORDS)
             .filter(|slot| slot[0] != 0)
             .count()
@@ -258,7 +260,6 @@ impl MemoryStore {
     /// The decision at the store clock's current time.
     pub fn decide_now(&self, policy: &Policy, key: KeyDigest) -> Decision {
         let now = self.clock.now();
-        let short = key.short();
         let shard = &self.shards[((key.0 >> 96) as usize) & self.shard_mask];
         let n = policy.quotas.len();
         let mut keys = [0u64; MAX_QUOTAS];
@@ -266,8 +267,7 @@ impl MemoryStore {
         let mut found = [None; MAX_QUOTAS];
         let mut table = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
         let decision = Decision::from_parts((0..n).map(|i| {
-            // Non-zero: 0 marks an empty slot.
-            keys[i] = (short ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+            keys[i] = quota_key(key, i);
             found[i] = table.find(keys[i]);
             let state = found[i].map_or(State::default(), |at| table.state(at));
             let v = policy.verdict(i, state, now);
@@ -286,6 +286,12 @@ impl MemoryStore {
         }
         decision
     }
+}
+
+/// The table key of `key`'s state under quota `i` of its policy: never 0 (0 marks an empty
+/// slot). Every quota of one client is in the same shard, chosen by the digest's top bits.
+fn quota_key(key: KeyDigest, i: usize) -> u64 {
+    (key.short() ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
 }
 
 impl Default for MemoryStore {
@@ -398,7 +404,11 @@ mod tests {
             let shard = ((k.0 >> 96) as usize) & store.shard_mask;
             (
                 shard,
-                store.shards[shard].0.lock().unwrap().bucket(k.short() | 1),
+                store.shards[shard]
+                    .0
+                    .lock()
+                    .unwrap()
+                    .bucket(quota_key(k, 0)),
             )
         };
         let same: Vec<KeyDigest> = (0..)
